@@ -1,0 +1,143 @@
+"""The command line: `fastsglr prepare | train | eval | bench`. Flags map onto ``Config``; nothing else lives here."""
+import argparse
+import dataclasses
+import sys
+
+from . import config as C
+from .errors import TrainingError, UsageError
+
+
+def _add_prepare(sub):
+    from .data.noise import NOISE_TYPES
+    from .data.sources import DATASETS
+
+    p = sub.add_parser("prepare", help="write a data directory (train.beton, test.beton, meta.json)",
+                       description="Read a raw data set, optionally corrupt its training labels, and write FFCV files.")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", help="where the raw files are (CIFAR: the python-pickle release or its .tar.gz)")
+    p.add_argument("--out", required=True, help="the data directory to write")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE", help="fraction of training labels to corrupt, in [0, 1)")
+    p.add_argument("--noise-type", default="symmetric", choices=NOISE_TYPES)
+    p.add_argument("--seed", type=int, default=0, help="seed of the label noise and of synthetic data")
+    p.add_argument("--synthetic-train", type=int, default=50_000, metavar="N", help="synthetic: training images")
+    p.add_argument("--synthetic-test", type=int, default=10_000, metavar="N", help="synthetic: test images")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args):
+    from .data.prepare import prepare
+
+    meta = prepare(args.dataset, args.out, root=args.root, label_noise=args.label_noise, noise_type=args.noise_type,
+                   seed=args.seed, synthetic_train=args.synthetic_train, synthetic_test=args.synthetic_test)
+    print(f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "
+          f"{meta['num_classes']} classes, label noise {meta['noise']['realised_rate']:.3f}")
+    return 0
+
+
+# Flags of `train`: (flag, Config field, type, help). Defaults come from Config and the preset, so argparse's
+# default is SUPPRESS: only flags the user typed override them.
+_TRAIN_FLAGS = [
+    ("--data", "data", str, "a data directory written by `fastsglr prepare`"),
+    ("--model", "model", str, "preactresnet18 | resnet18 | wrn34_10 | wrn28_10 | smallcnn"),
+    ("--method", "method", str, "pgd-at | trades"),
+    ("--labels", "labels", str, "hard | ls | te | sglr"),
+    ("--epochs", "epochs", int, "training epochs (paper: 200)"),
+    ("--batch-size", "batch_size", int, "batch size (paper: 128)"),
+    ("--lr", "lr", float, "initial learning rate (paper: 0.1)"),
+    ("--schedule", "schedule", str, "piecewise (x0.1 at 50%% and 75%% of the epochs) | cosine"),
+    ("--eps", "eps", C.parse_fraction, "l-inf radius, e.g. 8/255"),
+    ("--step-size", "step_size", C.parse_fraction, "training attack step, e.g. 2/255"),
+    ("--attack-steps", "attack_steps", int, "training attack steps (PGD-10: 10)"),
+    ("--trades-beta", "trades_beta", float, "TRADES: weight of the KL term (6)"),
+    ("--attack-bn-mode", "attack_bn_mode", str, "BN mode while crafting training attacks: eval | train"),
+    ("--r", "r", float, "LS smoothing / SGLR weight of the refined label (0.2)"),
+    ("--temperature", "temperature", float, "SGLR temperature T (paper 1.5)"),
+    ("--ema-momentum", "ema_momentum", float, "SGLR alpha / TE momentum (0.9)"),
+    ("--lam", "lam", float, "SGLR: weight of the clean prediction in the refined label (0.2)"),
+    ("--ema-init", "ema_init", str, "SGLR table start: onehot | zeros"),
+    ("--sglr-warmup", "sglr_warmup", int, "SGLR: hard-label epochs before refinement starts"),
+    ("--te-weight", "te_weight", float, "TE: weight of the consistency term"),
+    ("--te-rampup", "te_rampup", int, "TE: epochs of sigmoid ramp-up of the weight"),
+    ("--eval-subset", "eval_subset", int, "evaluate each epoch on a fixed seeded subset of N test images"),
+    ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
+    ("--loader", "loader", str, "ffcv | device (whole data set held on the device)"),
+    ("--device", "device", str, "cpu | cuda (default: cuda when available)"),
+    ("--engine", "engine", str, "reference | fast"),
+    ("--precision", "precision", str, "fp32 | bf16 | fp16"),
+    ("--seed", "seed", int, "seed of initialisation, attacks, order and augmentation"),
+    ("--out", "out", str, "the run directory to write"),
+]
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="adversarial training (PGD-AT / TRADES with hard, LS, TE or SGLR labels)",
+                       description="Train a robust classifier. Defaults are the paper's settings; a --preset "
+                                   "overrides them and explicit flags override the preset.",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--preset", help=f"named settings: {', '.join(C.PRESETS)}")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    for flag, _, typ, text in _TRAIN_FLAGS:
+        p.add_argument(flag, type=typ, help=text)
+    p.set_defaults(run=_run_train)
+
+
+def config_from_args(args) -> C.Config:
+    """Config defaults <- preset <- explicit flags, then validation."""
+    import torch
+
+    cfg = C.Config(device="cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(args, "preset", None):
+        cfg = C.apply_preset(cfg, args.preset)
+    explicit = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
+    cfg = dataclasses.replace(cfg, **explicit)
+    if not cfg.data:
+        raise UsageError("--data is required: pass a directory written by `fastsglr prepare`")
+    if not cfg.out:
+        raise UsageError("--out is required: name a directory for the run's checkpoints and metrics")
+    return C.validate(cfg)
+
+
+def _run_train(args):
+    from .trainer import train
+
+    if getattr(args, "resume", None):
+        from .checkpoint import resume_config
+
+        cfg = resume_config(args.resume)
+    else:
+        cfg = config_from_args(args)
+    train(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))
+    return 0
+
+
+def _add_not_yet(sub, name, text):
+    p = sub.add_parser(name, help=f"{text} (not yet available)", description=f"{text}. Not yet available.")
+    p.set_defaults(run=lambda args: _not_yet(name))
+
+
+def _not_yet(name):
+    raise UsageError(f"`fastsglr {name}` is not yet available in this version")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastsglr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_not_yet(sub, "eval", "robustness evaluation of a checkpoint (clean, PGD-20, CW, AutoAttack, transfer)")
+    _add_not_yet(sub, "bench", "throughput benchmarks (epochs per hour)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, TrainingError) as exc:
+        print(f"fastsglr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One config object for a training run, with named presets and up-front validation.
+
+Every option of a run lives here; the CLI only maps flags onto it. A preset is a set of overrides on top of the
+defaults (which are the paper's settings), and explicit flags override the preset.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+from .errors import UsageError
+
+METHODS = ("pgd-at", "trades")
+LABEL_STRATEGIES = ("hard", "ls", "te", "sglr")
+SCHEDULES = ("piecewise", "cosine")
+BN_MODES = ("eval", "train")
+EMA_INITS = ("onehot", "zeros")
+ENGINES = ("reference", "fast")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOADERS = ("ffcv", "device")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class Config:
+    # --- data and model ---
+    data: str = ""                     # a directory written by `fastsglr prepare`
+    model: str = "preactresnet18"
+    loader: str = "ffcv"               # ffcv | device (the whole data set held on the training device)
+
+    # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
+    method: str = "pgd-at"             # pgd-at (Madry) | trades
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    attack_steps: int = 10
+    trades_beta: float = 6.0
+    attack_bn_mode: str = "eval"       # BN mode while crafting training attacks (SGLS/AWP: eval; Rice et al.: train)
+
+    # --- label strategy ---
+    labels: str = "sglr"               # hard | ls | te | sglr
+    r: float = 0.2                     # LS smoothing and SGLR mixing weight of the refined label
+    temperature: float = 1.5           # SGLR: T of the softmax that forms f~
+    ema_momentum: float = 0.9          # SGLR alpha and TE momentum: weight of the old per-sample row
+    lam: float = 0.2                   # SGLR: weight of the clean prediction in f~
+    ema_init: str = "onehot"           # SGLR table start: onehot (released code) | zeros (Algorithm 1)
+    sglr_warmup: int = 0               # SGLR: epochs of hard-label training before refinement starts
+    te_weight: float = 30.0            # TE: weight w of ||softmax(z_adv) - p_i||^2
+    te_rampup: int = 0                 # TE: epochs of the sigmoid ramp-up of w (0 = use the value set below)
+
+    # --- optimisation (the paper's: SGD 0.9, wd 5e-4, lr 0.1, batch 128, 200 epochs, x0.1 at 100 and 150) ---
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "piecewise"        # piecewise | cosine
+    milestones: tuple = (0.5, 0.75)    # piecewise: fractions of `epochs` where lr is multiplied by lr_decay
+    lr_decay: float = 0.1
+
+    # --- evaluation after every epoch ---
+    eval_subset: int = 0               # 0 = whole test set, else a fixed seeded subset of this many images
+    eval_steps: int = 20
+    eval_step_size: float = 0.0        # 0 = eps / 4
+
+    # --- run ---
+    device: str = "cpu"
+    engine: str = "reference"
+    precision: str = "fp32"
+    seed: int = 0
+    out: str = ""
+    preset: str = ""
+
+    @property
+    def resolved_eval_step_size(self) -> float:
+        return self.eval_step_size or self.eps / 4
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown config keys {unknown}: the file was written by another fastsglr version")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+PRESETS = {
+    # The paper's SGLR (Sec. 4, Table 4's best r and T).
+    "paper": dict(labels="sglr", r=0.2, temperature=1.5, ema_momentum=0.9, lam=0.2, ema_init="onehot", sglr_warmup=0),
+    # The authors' released code ("SGLS"): no r-mixing, T = 1, plain CE for the first 90 epochs.
+    "sgls-code": dict(labels="sglr", r=1.0, temperature=1.0, ema_momentum=0.9, lam=0.2, ema_init="onehot",
+                      sglr_warmup=90),
+    # A few minutes on 2 CPU cores: the small CNN on 8x8 digits, where eps 8/255 would be too weak to matter.
+    "demo": dict(model="smallcnn", loader="ffcv", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=12,
+                 batch_size=64, lr=0.05, eval_steps=10),
+}
+
+
+def apply_preset(cfg: Config, name: str) -> Config:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, preset=name, **PRESETS[name])
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise UsageError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
+
+
+def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
+    below = value <= lo if lo_open else value < lo
+    above = value >= hi if hi_open else value > hi
+    if below or above:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise UsageError(f"--{name.replace('_', '-')} {value} is out of range: it must lie in {lb}{lo}, {hi}{rb}")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject a bad config before any work starts, with a one-line message naming the fix."""
+    from .models import MODEL_NAMES
+
+    _check_choice("model", cfg.model, MODEL_NAMES)
+    _check_choice("method", cfg.method, METHODS)
+    _check_choice("label strategy", cfg.labels, LABEL_STRATEGIES)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("attack BN mode", cfg.attack_bn_mode, BN_MODES)
+    _check_choice("ema init", cfg.ema_init, EMA_INITS)
+    _check_choice("engine", cfg.engine, ENGINES)
+    _check_choice("precision", cfg.precision, PRECISIONS)
+    _check_choice("loader", cfg.loader, LOADERS)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_range("eps", cfg.eps, 0, 1)
+    _check_range("step_size", cfg.step_size, 0, 1)
+    _check_range("attack_steps", cfg.attack_steps, 0, 10_000)
+    _check_range("trades_beta", cfg.trades_beta, 0, 1e4)
+    _check_range("r", cfg.r, 0, 1)
+    _check_range("temperature", cfg.temperature, 0, 1e3, lo_open=True)
+    _check_range("ema_momentum", cfg.ema_momentum, 0, 1, hi_open=True)
+    _check_range("lam", cfg.lam, 0, 1)
+    _check_range("sglr_warmup", cfg.sglr_warmup, 0, 1_000_000)
+    _check_range("te_weight", cfg.te_weight, 0, 1e6)
+    _check_range("te_rampup", cfg.te_rampup, 0, 1_000_000)
+    _check_range("epochs", cfg.epochs, 1, 1_000_000)
+    _check_range("batch_size", cfg.batch_size, 1, 1_000_000)
+    _check_range("lr", cfg.lr, 0, 100, lo_open=True)
+    _check_range("momentum", cfg.momentum, 0, 1, hi_open=True)
+    _check_range("weight_decay", cfg.weight_decay, 0, 1)
+    _check_range("eval_subset", cfg.eval_subset, 0, 10**9)
+    _check_range("eval_steps", cfg.eval_steps, 0, 10_000)
+    _check_range("eval_step_size", cfg.eval_step_size, 0, 1)
+    for m in cfg.milestones:
+        _check_range("milestones", m, 0, 1)
+    return cfg
+
+
+def parse_fraction(text: str) -> float:
+    """Accept '8/255' as well as '0.0314': eps and step sizes are usually written as fractions of 255."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"'{text}' is not a number: write it as 0.03 or as a fraction such as 8/255") from None

@@ -1,0 +1,69 @@
+"""FFCV .beton files: one record per image holding (image, label, clean_label, index).
+
+The image is stored raw (uint8, H x W x C) as an NDArrayField so that grey-scale (digits) and RGB (CIFAR) data
+share one format; the index is stored because FFCV has no sample-index output and SGLR keeps one soft-label row
+per training sample.
+"""
+import os
+
+import numpy as np
+
+from ..errors import UsageError
+
+FIELDS = ("image", "label", "clean_label", "index")
+
+
+class _Records:
+    """The indexed-dataset view that FFCV's writer iterates over."""
+
+    def __init__(self, images, labels, clean_labels):
+        self.images, self.labels, self.clean_labels = images, labels, clean_labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i]), int(self.clean_labels[i]), i
+
+
+def write_beton(path, images, labels, clean_labels, num_workers=1):
+    """Write a beton atomically (temp file + rename), so a crash never leaves a half-written file behind."""
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.writer import DatasetWriter
+
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    fields = {
+        "image": NDArrayField(dtype=np.dtype("uint8"), shape=tuple(images.shape[1:])),
+        "label": IntField(),
+        "clean_label": IntField(),
+        "index": IntField(),
+    }
+    tmp = f"{path}.tmp"
+    writer = DatasetWriter(tmp, fields, num_workers=num_workers, page_size=1 << 21)
+    writer.from_indexed_dataset(_Records(images, labels, clean_labels), chunksize=256)
+    os.replace(tmp, path)
+
+
+def check_beton(path, image_shape, num_samples=None):
+    """Fail with a one-line error unless ``path`` is a beton with our fields, image shape and size."""
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.reader import Reader
+
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is missing: run `fastsglr prepare` to write the data directory")
+    try:
+        reader = Reader(path)
+    except Exception as exc:  # FFCV raises assorted errors on a damaged header
+        raise UsageError(f"{path} is not a readable FFCV file ({exc}): re-run `fastsglr prepare`") from None
+    expected = {"image": NDArrayField, "label": IntField, "clean_label": IntField, "index": IntField}
+    found = {name: type(handler) for name, handler in reader.handlers.items()}
+    if found != expected:
+        raise UsageError(f"{path} has fields {sorted(found)} ({', '.join(t.__name__ for t in found.values())}), "
+                         f"expected {list(FIELDS)}: re-run `fastsglr prepare`")
+    if tuple(reader.handlers["image"].shape) != tuple(image_shape):
+        raise UsageError(f"{path} holds images of shape {tuple(reader.handlers['image'].shape)} but meta.json says "
+                         f"{tuple(image_shape)}: re-run `fastsglr prepare`")
+    if num_samples is not None and int(reader.num_samples) != num_samples:
+        raise UsageError(f"{path} holds {int(reader.num_samples)} records but meta.json says {num_samples}: "
+                         f"re-run `fastsglr prepare`")
+    return reader

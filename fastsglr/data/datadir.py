@@ -1,0 +1,76 @@
+"""A prepared data directory: ``train.beton``, ``test.beton`` and ``meta.json``, and the checks on reading it."""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from .beton import check_beton
+
+SPLITS = ("train", "test")
+
+
+def sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a data directory holds, read from its meta.json."""
+
+    root: str
+    dataset: str
+    classes: tuple
+    image_shape: tuple          # (H, W, C) as stored
+    counts: dict                # split -> number of records
+    mean: tuple                 # per-channel, in [0, 1] units, of the training images
+    std: tuple
+    crop_padding: int           # zero padding of the training random crop (4 for 32 x 32 images)
+    noise: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.image_shape[2]
+
+    @property
+    def image_size(self) -> int:
+        return self.image_shape[0]
+
+    def beton(self, split) -> str:
+        return os.path.join(self.root, f"{split}.beton")
+
+
+def write_meta(root, meta: dict):
+    tmp = os.path.join(root, "meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp, os.path.join(root, "meta.json"))
+
+
+def read_data_dir(root) -> DataInfo:
+    """Read and check a data directory; every problem is a one-line UsageError saying how to fix it."""
+    meta_path = os.path.join(root, "meta.json")
+    if not os.path.isdir(root):
+        raise UsageError(f"data directory {root} does not exist: write it with `fastsglr prepare --out {root}`")
+    if not os.path.isfile(meta_path):
+        raise UsageError(f"{meta_path} is missing: {root} was not written by `fastsglr prepare`")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        info = DataInfo(root=root, dataset=meta["dataset"], classes=tuple(meta["classes"]),
+                        image_shape=tuple(meta["image_shape"]), counts=dict(meta["counts"]),
+                        mean=tuple(meta["mean"]), std=tuple(meta["std"]), crop_padding=int(meta["crop_padding"]),
+                        noise=dict(meta["noise"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{meta_path} is damaged ({exc!r}): re-run `fastsglr prepare`") from None
+    for split in SPLITS:
+        check_beton(info.beton(split), info.image_shape, info.counts[split])
+    return info

@@ -1,0 +1,145 @@
+"""Loaders: a prepared data directory in, ``Batch(images, labels, clean_labels, index)`` on the device out.
+
+Two loaders behind one interface, yielding identical batches for the same (seed, epoch):
+- ``FFCVLoader`` streams the beton through FFCV (decoding, ordering and host-to-device copy in worker threads);
+- ``DeviceLoader`` holds the whole split on the training device (small data, benchmarks: no workers at all).
+Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutation``) and augment on the device
+with ``augment.flip_crop``. Images come out as float32 in [0, 1], channels-last; normalisation is in the model.
+"""
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .augment import epoch_generator, flip_crop
+from .datadir import DataInfo
+
+LOADER_KINDS = ("ffcv", "device")
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor        # (B, C, H, W) float32 in [0, 1], channels-last
+    labels: torch.Tensor        # (B,) int64: the training labels (noisy when label noise is on)
+    clean_labels: torch.Tensor  # (B,) int64: the labels before corruption
+    index: torch.Tensor         # (B,) int64: each sample's row in per-sample tables (SGLR, TE)
+
+
+def eval_subset_indices(count: int, subset: int, seed: int):
+    """A fixed seeded subset of the test split for cheap per-epoch evaluation (None: the whole split)."""
+    if not subset or subset >= count:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, size=subset, replace=False))
+
+
+class _Loader:
+    """What both loaders share: epoch bookkeeping and the step from raw uint8 to a training batch."""
+
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
+        self.info, self.split, self.batch_size = info, split, batch_size
+        self.device, self.train, self.seed = torch.device(device), train, seed
+        self.indices = np.arange(info.counts[split]) if indices is None else np.asarray(indices)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        """Start the next iteration at this epoch (a resumed run replays the same order and augmentations)."""
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.indices)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples visited per epoch (training drops the last partial batch: one CUDA graph per batch shape)."""
+        return len(self) * self.batch_size if self.train else len(self.indices)
+
+    def _order(self, epoch):
+        if not self.train:
+            return self.indices
+        return np.random.default_rng(self.seed + epoch).permutation(self.indices)
+
+    def _finish(self, images_nhwc, labels, clean_labels, index, generator):
+        images = images_nhwc.permute(0, 3, 1, 2)  # an NHWC buffer viewed as NCHW is channels-last already
+        if self.train:
+            images = flip_crop(images, self.info.crop_padding, generator)
+        images = images.to(torch.float32).div_(255).contiguous(memory_format=torch.channels_last)
+        return Batch(images, labels.long(), clean_labels.long(), index.long())
+
+
+class DeviceLoader(_Loader):
+    """The whole split held on the device as uint8: every batch is a gather, no worker processes."""
+
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
+        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+        images, labels, clean_labels, index = read_split(info, split)
+        # Stored by record index, so a sample's index is also its position here.
+        assert np.array_equal(index, np.arange(len(index))), "beton records are not in index order"
+        self.images = torch.from_numpy(images).to(self.device)
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.clean_labels = torch.from_numpy(clean_labels).to(self.device)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = epoch_generator(self.seed, epoch, self.device)
+        order = torch.from_numpy(self._order(epoch).astype(np.int64)).to(self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._finish(self.images[idx], self.labels[idx], self.clean_labels[idx], idx, generator)
+
+
+class FFCVLoader(_Loader):
+    """FFCV decodes and orders the records and copies them to the device; we augment there."""
+
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, num_workers=2):
+        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+        from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+        def to_device():
+            return [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
+
+        label = [IntDecoder(), ToTensor(), Squeeze(-1), *to_device()]
+        self.loader = Loader(
+            info.beton(split), batch_size=batch_size, num_workers=num_workers, seed=seed,
+            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, drop_last=train,
+            indices=None if indices is None else self.indices,
+            pipelines={"image": [NDArrayDecoder(), ToTensor(), *to_device()], "label": label,
+                       "clean_label": list(label), "index": list(label)},
+        )
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = epoch_generator(self.seed, epoch, self.device)
+        self.loader.next_epoch = epoch
+        for images, labels, clean_labels, index in self.loader:
+            # FFCV reuses its output buffers: copy out before the next batch overwrites them (the image
+            # conversion in _finish copies already).
+            yield self._finish(images, labels.clone(), clean_labels.clone(), index.clone(), generator)
+
+
+def read_split(info: DataInfo, split, fields=("image", "label", "clean_label", "index")):
+    """Fields of a whole split as numpy arrays in record order (images NHWC uint8, the rest int64)."""
+    from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    decoders = {"image": NDArrayDecoder, "label": IntDecoder, "clean_label": IntDecoder, "index": IntDecoder}
+    pipelines = {name: [decoders[name](), ToTensor()] if name in fields else None for name in decoders}
+    loader = Loader(info.beton(split), batch_size=4096, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines=pipelines)
+    parts = list(zip(*[[t.numpy().copy() for t in batch] for batch in loader]))
+    arrays = [np.concatenate(p) for p in parts]
+    return [a if name == "image" else a.reshape(-1).astype(np.int64) for name, a in zip(fields, arrays)]
+
+
+def read_labels(info: DataInfo, split) -> torch.Tensor:
+    """The training labels of a split, in index order (SGLR's one-hot table starts from them)."""
+    (labels,) = read_split(info, split, fields=("label",))
+    return torch.from_numpy(labels)
+
+
+def make_loader(kind, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
+    if kind == "device":
+        return DeviceLoader(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+    return FFCVLoader(info, split, batch_size, device, train=train, seed=seed, indices=indices)

@@ -1,0 +1,47 @@
+"""`fastsglr prepare`: a raw source (CIFAR pickles, digits, synthetic) -> ``train.beton``, ``test.beton``, ``meta.json``."""
+import os
+
+import numpy as np
+
+from ..errors import UsageError
+from .beton import write_beton
+from .datadir import sha256, write_meta
+from .noise import corrupt_labels
+from .sources import channel_stats, load_raw
+
+
+def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric", seed=0, synthetic_train=50_000,
+            synthetic_test=10_000, num_workers=1, log=print):
+    """Write a data directory. Only the training labels get noise; the clean labels are kept beside them."""
+    raw = load_raw(dataset, root, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test)
+    num_classes = len(raw.classes)
+    noisy = corrupt_labels(raw.train.labels, num_classes, label_noise, noise_type, seed,
+                           superclass=raw.superclass, dataset=dataset)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out} ({exc.strerror}): choose another --out") from None
+
+    for split, labels, part in (("train", noisy, raw.train), ("test", raw.test.labels, raw.test)):
+        log(f"writing {split}.beton: {len(part.labels)} images of shape {part.images.shape[1:]}")
+        write_beton(os.path.join(out, f"{split}.beton"), part.images, labels, part.labels, num_workers)
+
+    mean, std = channel_stats(raw.train.images)
+    height = raw.train.images.shape[1]
+    meta = {
+        "dataset": dataset,
+        "classes": list(raw.classes),
+        "num_classes": num_classes,
+        "image_shape": list(raw.train.images.shape[1:]),
+        "counts": {"train": len(raw.train.labels), "test": len(raw.test.labels)},
+        "mean": mean,
+        "std": std,
+        # 4 pixels for 32 x 32 images (the CIFAR standard), scaled down for smaller images.
+        "crop_padding": max(1, height // 8),
+        "noise": {"type": noise_type if label_noise else "none", "rate": label_noise, "seed": seed,
+                  "realised_rate": float(np.mean(noisy != raw.train.labels))},
+        "checksums": {**{f"{s}.beton": sha256(os.path.join(out, f"{s}.beton")) for s in ("train", "test")},
+                      **raw.source_files},
+    }
+    write_meta(out, meta)
+    return meta

@@ -1,0 +1,79 @@
+"""WideResNet-34-10 / 28-10 as used by TRADES (github.com/yaodongyu/TRADES, models/wideresnet.py)
+and Madry et al.'s CIFAR challenge; Zagoruyko & Komodakis 2016, "Wide Residual Networks".
+Pre-activation blocks, dropout 0."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .normalize import Normalize
+
+
+class WideBlock(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
+        # Decided at construction, so the forward has no data-dependent branching.
+        self.has_projection = stride != 1 or in_planes != out_planes
+        if self.has_projection:
+            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        # As in TRADES: the projection sees the pre-activated input, the identity the raw one.
+        shortcut = self.shortcut(out) if self.has_projection else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, in_channels: int, mean, std):
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        groups = []
+        for in_planes, out_planes, stride in zip(widths[:-1], widths[1:], (1, 2, 2)):
+            blocks = [WideBlock(in_planes, out_planes, stride)]
+            blocks += [WideBlock(out_planes, out_planes, 1) for _ in range(n - 1)]
+            groups.append(nn.Sequential(*blocks))
+        self.block1, self.block2, self.block3 = groups
+        self.bn = nn.BatchNorm2d(widths[-1])
+        # Adaptive pooling equals TRADES' avg_pool2d(8) at 32x32 and also serves smaller inputs.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The TRADES initialisation (He normal, fan-out) that published WRN results were trained with.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.normalize(x))
+        out = self.block3(self.block2(self.block1(out)))
+        out = self.pool(F.relu(self.bn(out)))
+        return self.fc(torch.flatten(out, 1))
+
+
+def wrn34_10(num_classes: int, in_channels: int, mean, std) -> WideResNet:
+    return WideResNet(34, 10, num_classes, in_channels, mean, std)
+
+
+def wrn28_10(num_classes: int, in_channels: int, mean, std) -> WideResNet:
+    return WideResNet(28, 10, num_classes, in_channels, mean, std)

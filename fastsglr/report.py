@@ -1,0 +1,41 @@
+"""Figures and tables of finished runs: learning curves in the spirit of the paper's Fig. 1 and 4."""
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on training boxes or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = (
+    ("robust accuracy (%)", (("train_adv_acc", "train", "--"), ("test_pgd_acc", "test PGD", "-"))),
+    ("clean accuracy (%)", (("train_clean_acc", "train", "--"), ("test_clean_acc", "test", "-"))),
+    ("gradient norm ||grad_w L||", (("grad_norm", "", "-"),)),
+    ("learning rate", (("lr", "", "-"),)),
+)
+
+
+def plot_curves(runs: dict, path):
+    """One page of per-epoch curves; ``runs`` maps a run's name to its metrics history (list of rows)."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
+    for ax, (title, series) in zip(axes, PANELS):
+        for i, (name, history) in enumerate(runs.items()):
+            epochs = [row["epoch"] for row in history]
+            for key, label, style in series:
+                ax.plot(epochs, [row[key] for row in history], style, color=f"C{i}",
+                        label=" ".join(filter(None, (name, label))))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_table(summaries: dict) -> str:
+    """Markdown: the paper's Best / Final / Diff columns for clean and PGD accuracy, one row per run."""
+    lines = ["| run | clean best | clean final | clean diff | PGD best | PGD final | PGD diff | best epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        c, p = s["test_clean_acc"], s["test_pgd_acc"]
+        lines.append(f"| {name} | {c['best']:.1f} | {c['final']:.1f} | {c['diff']:+.1f} | "
+                     f"{p['best']:.1f} | {p['final']:.1f} | {p['diff']:+.1f} | {s['best_epoch']} |")
+    return "\n".join(lines)

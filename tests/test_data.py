@@ -1,0 +1,141 @@
+"""The data path: prepare -> beton -> loaders. Betons read back pixel-exact; loaders visit every index once per
+epoch, augment correctly, keep the clean labels, and the FFCV and device-held loaders yield identical batches."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastsglr.cli import main
+from fastsglr.data.augment import epoch_generator, flip_crop
+from fastsglr.data.datadir import read_data_dir
+from fastsglr.data.loaders import DeviceLoader, FFCVLoader, eval_subset_indices, read_split
+from fastsglr.data.sources import load_raw
+from fastsglr.errors import UsageError
+
+
+def _variants(image_chw, padding):
+    """Every image flip_crop can produce from one image: 2 flips x (2p+1)^2 crop offsets."""
+    C, H, W = image_chw.shape
+    out = []
+    for flipped in (image_chw, image_chw.flip(2)):
+        padded = torch.nn.functional.pad(flipped, (padding,) * 4)
+        out += [padded[:, dy:dy + H, dx:dx + W] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+    return torch.stack(out)
+
+
+def test_flip_crop_hand_made_image():
+    # A 1 x 3 x 4 image with distinct values: flipped, shifted right by one (dx = 0), down by one (dy = 0).
+    image = torch.arange(1, 13, dtype=torch.uint8).reshape(1, 1, 3, 4)
+    g = epoch_generator(0, 0, "cpu")
+    flip, dy, dx = (torch.rand(1, generator=g) < 0.5), torch.randint(0, 3, (1,), generator=g), \
+        torch.randint(0, 3, (1,), generator=g)
+    out = flip_crop(image, 1, epoch_generator(0, 0, "cpu"))[0, 0]
+    src = image[0, 0].flip(1) if flip else image[0, 0]
+    expected = torch.zeros(5, 6, dtype=torch.uint8)
+    expected[1:4, 1:5] = src
+    assert torch.equal(out, expected[dy:dy + 3, dx:dx + 4])
+    # And by hand, one concrete case: flip then crop at offset (0, 0) of the zero-padded image.
+    padded = torch.zeros(5, 6, dtype=torch.uint8)
+    padded[1:4, 1:5] = image[0, 0].flip(1)
+    assert padded[0:3, 0:4].tolist() == [[0, 0, 0, 0], [0, 4, 3, 2], [0, 8, 7, 6]]
+
+
+def test_prepare_digits_reads_back_pixel_exact(digits_dir):
+    info = read_data_dir(digits_dir)
+    raw = load_raw("digits")
+    assert info.image_shape == (8, 8, 1) and info.num_classes == 10 and info.crop_padding == 1
+    for split, part in (("train", raw.train), ("test", raw.test)):
+        images, labels, clean, index = read_split(info, split)
+        assert np.array_equal(index, np.arange(len(part.labels)))
+        assert np.array_equal(images, part.images)
+        assert np.array_equal(labels, part.labels) and np.array_equal(clean, part.labels)
+    meta = json.load(open(os.path.join(digits_dir, "meta.json")))
+    assert meta["counts"] == {"train": len(raw.train.labels), "test": len(raw.test.labels)}
+    assert set(meta["checksums"]) >= {"train.beton", "test.beton"}
+    # mean/std are the training images' per-channel statistics in [0, 1] units
+    assert np.allclose(meta["mean"], raw.train.images.reshape(-1, 1).mean(0) / 255, atol=1e-6)
+
+
+def test_label_noise_is_recorded_and_clean_labels_kept(noisy_digits_dir):
+    info = read_data_dir(noisy_digits_dir)
+    _, labels, clean, _ = read_split(info, "train")
+    rate = np.mean(labels != clean)
+    assert abs(rate - 0.3) < 1.0 / len(labels) + 1e-9
+    assert info.noise["type"] == "symmetric" and info.noise["realised_rate"] == pytest.approx(rate)
+    assert np.array_equal(clean, load_raw("digits").train.labels)
+    _, test_labels, test_clean, _ = read_split(info, "test")
+    assert np.array_equal(test_labels, test_clean), "only the training split gets noise"
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "device"])
+def test_train_loader_visits_every_index_once_and_augments(noisy_digits_dir, kind):
+    info = read_data_dir(noisy_digits_dir)
+    images, labels, clean, _ = read_split(info, "train")
+    loader = (FFCVLoader if kind == "ffcv" else DeviceLoader)(info, "train", 64, "cpu", train=True, seed=3)
+    orders = []
+    for epoch in range(2):
+        seen = []
+        for batch in loader:
+            assert batch.images.dtype == torch.float32 and batch.images.shape[1:] == (1, 8, 8)
+            assert batch.images.is_contiguous(memory_format=torch.channels_last)
+            idx = batch.index.numpy()
+            assert np.array_equal(batch.labels.numpy(), labels[idx])
+            assert np.array_equal(batch.clean_labels.numpy(), clean[idx])
+            for img, i in zip(batch.images[:8], idx[:8]):
+                original = torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255
+                assert (_variants(original, 1) == img).all(dim=(1, 2, 3)).any(), "not a flip/crop of its source"
+            seen.append(idx)
+        seen = np.concatenate(seen)
+        assert len(seen) == len(loader) * 64 == (len(labels) // 64) * 64  # drop_last
+        assert len(np.unique(seen)) == len(seen)
+        orders.append(seen)
+    assert not np.array_equal(orders[0], orders[1]), "each epoch reshuffles"
+
+
+def test_ffcv_and_device_loaders_yield_identical_batches(digits_dir):
+    info = read_data_dir(digits_dir)
+    kw = dict(train=True, seed=5)
+    ffcv, dev = FFCVLoader(info, "train", 50, "cpu", **kw), DeviceLoader(info, "train", 50, "cpu", **kw)
+    for loader in (ffcv, dev):
+        loader.set_epoch(4)
+    for a, b in zip(ffcv, dev):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "device"])
+def test_test_loader_in_order_and_subset(digits_dir, kind):
+    info = read_data_dir(digits_dir)
+    n = info.counts["test"]
+    sub = eval_subset_indices(n, 100, seed=0)
+    assert len(sub) == 100 and np.array_equal(sub, eval_subset_indices(n, 100, seed=0))
+    cls = FFCVLoader if kind == "ffcv" else DeviceLoader
+    full = np.concatenate([b.index.numpy() for b in cls(info, "test", 64, "cpu", train=False, seed=0)])
+    assert np.array_equal(full, np.arange(n)), "the test split is read whole, in order, unaugmented"
+    part = np.concatenate([b.index.numpy() for b in cls(info, "test", 64, "cpu", train=False, seed=0, indices=sub)])
+    assert np.array_equal(part, sub)
+
+
+def test_bad_data_directories_are_named(tmp_path, digits_dir):
+    with pytest.raises(UsageError, match="does not exist"):
+        read_data_dir(str(tmp_path / "nowhere"))
+    with pytest.raises(UsageError, match="meta.json is missing"):
+        read_data_dir(str(tmp_path))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("meta.json", "test.beton"):
+        (broken / f).write_bytes(open(os.path.join(digits_dir, f), "rb").read())
+    (broken / "train.beton").write_bytes(b"not a beton")
+    with pytest.raises(UsageError, match="train.beton"):
+        read_data_dir(str(broken))
+
+
+def test_cli_prepare_errors_exit_2(tmp_path, capsys):
+    assert main(["prepare", "--dataset", "digits", "--out", str(tmp_path / "d"), "--label-noise", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "label-noise" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "--dataset", "imagenet", "--out", str(tmp_path / "d")])
+    assert exc.value.code == 2
