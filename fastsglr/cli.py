@@ -131,8 +131,8 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except (UsageError, TrainingError) as exc:
         print(f"fastsglr: error: {exc}", file=sys.stderr)

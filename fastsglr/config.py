@@ -100,7 +100,7 @@ PRESETS = {
     "sgls-code": dict(labels="sglr", r=1.0, temperature=1.0, ema_momentum=0.9, lam=0.2, ema_init="onehot",
                       sglr_warmup=90),
     # A few minutes on 2 CPU cores: the small CNN on 8x8 digits, where eps 8/255 would be too weak to matter.
-    "demo": dict(model="smallcnn", loader="ffcv", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=12,
+    "demo": dict(model="smallcnn", loader="ffcv", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=30,
                  batch_size=64, lr=0.05, eval_steps=10),
 }
 

@@ -9,6 +9,7 @@ TRAIN_SUMS = (
     "corrupted", "adv_correct_untouched", "adv_memorized_corrupted", "adv_correct_corrupted_true",
     "grad_norm", "steps",
 )
+NO_BAD_STEP = 2**62  # TrainMeter.first_bad_step while every loss was finite
 
 
 class TrainMeter:
@@ -17,7 +18,12 @@ class TrainMeter:
     def __init__(self, device):
         self.sums = torch.zeros(len(TRAIN_SUMS), dtype=torch.float64, device=device)
         # The first step whose loss was not finite (a large sentinel while all are finite), found without a sync.
-        self.first_bad_step = torch.full((), 2**62, dtype=torch.int64, device=device)
+        self.first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=device)
+
+    def reset(self):
+        """Back to a fresh meter, in place (a captured CUDA graph keeps writing to the same tensors)."""
+        self.sums.zero_()
+        self.first_bad_step.fill_(NO_BAD_STEP)
 
     def update(self, loss, logits_adv, logits_clean, labels, clean_labels, grad_norm, step):
         pred_adv, pred_clean = logits_adv.argmax(1), logits_clean.argmax(1)
@@ -26,7 +32,7 @@ class TrainMeter:
         B = labels.shape[0]
         row = torch.stack([
             loss.detach().double() * B,
-            torch.tensor(float(B), dtype=torch.float64, device=labels.device),
+            torch.full((), B, dtype=torch.float64, device=labels.device),  # a fill, not a host copy: capturable
             (pred_adv == labels).sum().double(),
             (pred_clean == labels).sum().double(),
             (pred_adv == clean_labels).sum().double(),
@@ -62,7 +68,7 @@ class TrainMeter:
 
     def first_nonfinite_step(self):
         step = int(self.first_bad_step)
-        return None if step == 2**62 else step
+        return None if step == NO_BAD_STEP else step
 
 
 def total_grad_norm(parameters) -> torch.Tensor:
@@ -80,6 +86,11 @@ class CalibrationMeter:
         self.confidence = torch.zeros(bins, dtype=torch.float64, device=device)
         self.correct = torch.zeros(bins, dtype=torch.float64, device=device)
 
+    def reset(self):
+        """Back to a fresh meter, in place (a captured CUDA graph keeps writing to the same tensors)."""
+        for t in (self.count, self.confidence, self.correct):
+            t.zero_()
+
     def update(self, logits, labels):
         probs = torch.softmax(logits.detach().float(), dim=1)
         conf, pred = probs.max(dim=1)
@@ -95,6 +106,12 @@ class CalibrationMeter:
             return {"acc": math.nan, "ece": math.nan}
         ece = float((self.correct - self.confidence).abs().sum() / n)
         return {"acc": 100.0 * float(self.correct.sum()) / n, "ece": 100.0 * ece}
+
+
+def evaluation_row(clean: CalibrationMeter, adv: CalibrationMeter) -> dict:
+    """The per-epoch test columns from the clean and the adversarial calibration meters."""
+    c, a = clean.read(), adv.read()
+    return {"test_clean_acc": c["acc"], "test_pgd_acc": a["acc"], "test_ece_clean": c["ece"], "test_ece_adv": a["ece"]}
 
 
 class BestFinalTracker:

@@ -62,7 +62,8 @@ def _configurations():
             yield (f"pgd_step {_TRITON_TYPES[dtype]} scalars={'tensor' if in_memory else 'float'}", pgd_step_kernel,
                    dict(x_adv_ptr=dtype, x_ptr=dtype, grad_ptr=dtype, out_ptr=dtype, n_elements=TRAINING_NUMEL,
                         step_size=scalar, eps=scalar),
-                   dict(STEP_IN_MEMORY=in_memory, EPS_IN_MEMORY=in_memory, BLOCK=BLOCK), num_warps_for(BLOCK, ELEMENTS_PER_THREAD))
+                   dict(STEP_IN_MEMORY=in_memory, EPS_IN_MEMORY=in_memory, BLOCK=BLOCK),
+                   num_warps_for(BLOCK, ELEMENTS_PER_THREAD))
     batch = 128
     for n_cols in (10, 100, 1000, MAX_K):
         config = launch_config(batch, n_cols)

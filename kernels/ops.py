@@ -1,10 +1,10 @@
 """The ``torch.library`` registration of the fused ops, namespace ``fastsglr``.
 
 Every op is a ``triton_op``, so ``torch.compile`` traces into it and sees the Triton kernels (``wrap_triton``).
-Its body launches Triton on CUDA tensors and runs ``reference`` on any other device: that is what the fake
-(meta) implementation and ``torch.compile`` on CPU trace. Eager CPU calls go to the registered CPU kernel, which
-runs the Triton kernels themselves when they were built by the interpreter (TRITON_INTERPRET=1 at import) and
-the reference otherwise. ``backend`` tells which one an eager call uses.
+Its body launches Triton on CUDA tensors and runs ``reference`` on any other device, and for dtypes the kernels
+do not take (float64): that is what the fake (meta) implementation and ``torch.compile`` on CPU trace. Eager CPU
+calls go to the registered CPU kernel, which runs the Triton kernels themselves when they were built by the
+interpreter (TRITON_INTERPRET=1 at import) and the reference otherwise. ``backend`` tells which one runs.
 
 ``torch.library`` refuses an autograd formula on an op that mutates an input, and the SGLR loss both updates
 the EMA table and needs a gradient. So each loss is two ops:
@@ -23,17 +23,30 @@ from torch.library import triton_op
 from . import reference
 from .pgd import launch_pgd_step, launch_pgd_step_, pgd_step_kernel
 from .sglr import launch_sglr_forward, launch_soft_ce_forward
-from .utils import is_interpreted
+from .utils import KERNEL_DTYPES, is_interpreted
+
+
+def _interpreted() -> bool:
+    """Whether the Triton kernels were built by the interpreter (all are decorated together, at import)."""
+    return is_interpreted(pgd_step_kernel)
+
+
+def _kernels_take(*tensors: Tensor) -> bool:
+    """The kernels load and store fp32, bf16 and fp16; other dtypes (float64) run the reference everywhere."""
+    return all(t.dtype in KERNEL_DTYPES for t in tensors)
 
 
 def backend(tensor: Tensor) -> str:
-    """Which implementation an eager call of the ops on ``tensor``'s device runs.
+    """Which implementation an eager call of the ops runs on inputs with ``tensor``'s device and dtype.
 
     "triton": compiled Triton kernels (CUDA); "triton-interpreter": the same kernels in the Triton interpreter
     (TRITON_INTERPRET=1 was set when fastsglr.kernels was first imported; CPU, or CUDA through host copies);
-    "reference": the plain PyTorch definitions. ``torch.compile`` on CPU always traces the reference.
+    "reference": the plain PyTorch definitions (other devices, and dtypes other than fp32/bf16/fp16).
+    ``torch.compile`` on CPU always traces the reference.
     """
-    if is_interpreted(pgd_step_kernel) and tensor.device.type in ("cpu", "cuda"):
+    if not _kernels_take(tensor):
+        return "reference"
+    if _interpreted() and tensor.device.type in ("cpu", "cuda"):
         return "triton-interpreter"
     return "triton" if tensor.device.type == "cuda" else "reference"
 
@@ -49,7 +62,7 @@ def _scalar(value: float, in_memory: Optional[Tensor]):
 def _pgd_step(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: float,
               step_size_t: Optional[Tensor], eps_t: Optional[Tensor]) -> Tensor:
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
-    if x_adv.device.type == "cuda":
+    if x_adv.device.type == "cuda" and _kernels_take(x_adv, x, grad):
         return launch_pgd_step(x_adv, x, grad, step_size, eps)
     return reference.pgd_step(x_adv, x, grad, step_size, eps)
 
@@ -57,7 +70,7 @@ def _pgd_step(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: flo
 @_pgd_step.register_kernel("cpu")
 def _pgd_step_cpu(x_adv, x, grad, step_size, eps, step_size_t, eps_t):
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
-    if is_interpreted(pgd_step_kernel):
+    if _interpreted() and _kernels_take(x_adv, x, grad):
         return launch_pgd_step(x_adv, x, grad, step_size, eps)
     return reference.pgd_step(x_adv, x, grad, step_size, eps)
 
@@ -66,7 +79,7 @@ def _pgd_step_cpu(x_adv, x, grad, step_size, eps, step_size_t, eps_t):
 def _pgd_step_(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: float,
                step_size_t: Optional[Tensor], eps_t: Optional[Tensor]) -> None:
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
-    if x_adv.device.type == "cuda":
+    if x_adv.device.type == "cuda" and _kernels_take(x_adv, x, grad):
         launch_pgd_step_(x_adv, x, grad, step_size, eps)
     else:
         x_adv.copy_(reference.pgd_step(x_adv, x, grad, step_size, eps))
@@ -75,7 +88,7 @@ def _pgd_step_(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: fl
 @_pgd_step_.register_kernel("cpu")
 def _pgd_step_inplace_cpu(x_adv, x, grad, step_size, eps, step_size_t, eps_t):
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
-    if is_interpreted(pgd_step_kernel):
+    if _interpreted() and _kernels_take(x_adv, x, grad):
         launch_pgd_step_(x_adv, x, grad, step_size, eps)
     else:
         x_adv.copy_(reference.pgd_step(x_adv, x, grad, step_size, eps))
@@ -95,14 +108,14 @@ def _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, t
 
 @triton_op("fastsglr::soft_ce_forward", mutates_args=())
 def _soft_ce_forward(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    if logits.device.type == "cuda":
+    if logits.device.type == "cuda" and _kernels_take(logits, target):
         return launch_soft_ce_forward(logits, target)
     return _reference_soft_ce_forward(logits, target)
 
 
 @_soft_ce_forward.register_kernel("cpu")
 def _soft_ce_forward_cpu(logits, target):
-    if is_interpreted(pgd_step_kernel):
+    if _interpreted() and _kernels_take(logits, target):
         return launch_soft_ce_forward(logits, target)
     return _reference_soft_ce_forward(logits, target)
 
@@ -110,14 +123,14 @@ def _soft_ce_forward_cpu(logits, target):
 @triton_op("fastsglr::sglr_forward", mutates_args={"table"})
 def _sglr_forward(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,
                   r: float, temperature: float, alpha: float, lam: float) -> tuple[Tensor, Tensor]:
-    if logits_adv.device.type == "cuda":
+    if logits_adv.device.type == "cuda" and _kernels_take(logits_adv, logits_clean, table):
         return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
     return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
 
 
 @_sglr_forward.register_kernel("cpu")
 def _sglr_forward_cpu(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam):
-    if is_interpreted(pgd_step_kernel):
+    if _interpreted() and _kernels_take(logits_adv, logits_clean, table):
         return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
     return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
 
@@ -174,7 +187,8 @@ def sglr_loss(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: T
               r: float, temperature: float, alpha: float, lam: float) -> Tensor:
     """SGLR in one fused pass (see ``reference.sglr_loss``): updates ``table[index]`` in place, returns the loss.
 
-    Indices must be unique within the batch. Gradient flows to logits_adv only; no double backward.
+    Indices must be unique within the batch and labels in [0, K): neither is checked, as that would need a host
+    sync. Gradient flows to logits_adv only; no double backward.
     """
     row_loss, grad = torch.ops.fastsglr.sglr_forward(
         logits_adv.detach(), logits_clean.detach(), labels, index, table, r, temperature, alpha, lam)

@@ -30,10 +30,10 @@ def pgd_step_kernel(
         step_size = tl.load(step_size).to(tl.float32)
     if EPS_IN_MEMORY:
         eps = tl.load(eps).to(tl.float32)
-    # sign(g) with sign(0) = 0 and sign(NaN) = NaN, like torch.sign.
-    sign = tl.where(g == g, (g > 0).to(tl.float32) - (g < 0).to(tl.float32), g)
+    # sign(g) exactly as torch.sign: sign(0) = 0, and sign(NaN) = 0 too.
+    sign = (g > 0).to(tl.float32) - (g < 0).to(tl.float32)
     moved = x_adv + step_size * sign
-    # PropagateNan.ALL: a NaN anywhere stays NaN, as with torch.maximum/minimum/clamp in the reference.
+    # PropagateNan.ALL: a NaN in x_adv or x stays NaN, as with torch.maximum/minimum/clamp in the reference.
     lo = tl.maximum(moved, x - eps, propagate_nan=tl.PropagateNan.ALL)
     projected = tl.minimum(lo, x + eps, propagate_nan=tl.PropagateNan.ALL)
     clamped = tl.minimum(tl.maximum(projected, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
@@ -65,8 +65,9 @@ def _check(x_adv, x, grad, step_size, eps) -> None:
                          f"grad {tuple(grad.shape)}")
     check_dtypes("pgd_step", x_adv, x, grad)
     for name, value in (("step_size", step_size), ("eps", eps)):
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise ValueError(f"pgd_step: {name} must be a float or a one-element tensor, got shape {tuple(value.shape)}")
+        if isinstance(value, torch.Tensor) and (value.numel() != 1 or value.device != x_adv.device):
+            raise ValueError(f"pgd_step: {name} must be a float or a one-element tensor on {x_adv.device}, "
+                             f"got shape {tuple(value.shape)} on {value.device}")
 
 
 def _launch(out, x_adv, x, grad, step_size, eps) -> None:

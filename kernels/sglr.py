@@ -115,7 +115,8 @@ def launch_config(n_rows: int, n_cols: int) -> dict:
 
 def _outputs(logits: torch.Tensor):
     """Per-row losses (fp32) and the gradient (logits' dtype, contiguous), both written by the kernel."""
-    return logits.new_empty(logits.shape[0], dtype=torch.float32), torch.empty_like(logits, memory_format=torch.contiguous_format)
+    row_loss = logits.new_empty(logits.shape[0], dtype=torch.float32)
+    return row_loss, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam):

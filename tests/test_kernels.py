@@ -27,9 +27,11 @@ from fastsglr.kernels.sglr import MAX_K, launch_sglr_forward, launch_soft_ce_for
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 EPS, STEP = 8 / 255, 2 / 255
-# Outputs stored in a 16-bit dtype carry its rounding (half an ulp, 2**-9 relative for bf16, 2**-12 for fp16)
-# on top of fp32 math; fp32 outputs only the fp32 math.
-RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8, torch.float16: 2**-10}
+# Outputs stored in a 16-bit dtype carry its rounding on top of the fp32 math. Allowed: two ulps (an ulp is up to
+# 2**-7 of the value for bf16, 2**-10 for fp16): one for the kernel's store (the interpreter rounds fp32 -> bf16
+# toward zero, a whole ulp; compiled Triton rounds to nearest) and one for the upstream-gradient scaling in the
+# backward pass. fp32 outputs carry only the fp32 math.
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 2 * 2**-7, torch.float16: 2 * 2**-10}
 
 
 @pytest.fixture
@@ -131,13 +133,13 @@ def test_pgd_step_inplace_kernel(interpreted, gen, dtype, layout):
 
 
 def test_pgd_step_nan_and_zero_gradient(interpreted):
-    """sign(0) = 0 leaves a pixel in place; a NaN anywhere propagates, as in the reference."""
-    x = torch.full((6,), 0.5)
-    x_adv = x + torch.tensor([0.01, -0.01, 0.0, 0.0, float("nan"), 0.0])
-    grad = torch.tensor([0.0, 0.0, 1.0, -1.0, 1.0, float("nan")])
+    """As torch.sign, sign(0) = sign(NaN) = 0 leave a pixel in place; a NaN in x_adv or x propagates."""
+    x = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, float("nan")])
+    x_adv = torch.tensor([0.51, 0.49, 0.5, 0.5, float("nan"), 0.5, 0.5])
+    grad = torch.tensor([0.0, 0.0, 1.0, -1.0, 1.0, float("nan"), 1.0])
     out = launch_pgd_step(x_adv, x, grad, STEP, EPS)
     torch.testing.assert_close(out, R.pgd_step(x_adv, x, grad, STEP, EPS), equal_nan=True)
-    assert out[0] == x_adv[0] and out[1] == x_adv[1] and out[4].isnan() and out[5].isnan()
+    assert torch.equal(out[[0, 1, 5]], x_adv[[0, 1, 5]]) and out[[4, 6]].isnan().all()
 
 
 def test_pgd_step_public_op(interpreted, gen):
@@ -225,7 +227,8 @@ def test_sglr_kernel(interpreted, gen, dtype, batch, k, init):
 def test_sglr_kernel_strided_inputs(interpreted, gen):
     """Non-contiguous logits (a column slice), int32 indices and a table view with a row stride != K."""
     batch, k, n = 6, 10, 20
-    z_adv, z_clean = logits((batch, 2 * k), torch.float32, gen)[:, ::2], logits((batch, k + 3), torch.float32, gen)[:, :k]
+    z_adv = logits((batch, 2 * k), torch.float32, gen)[:, ::2]
+    z_clean = logits((batch, k + 3), torch.float32, gen)[:, :k]
     labels = torch.randint(0, k, (batch,), generator=gen)
     index = torch.randperm(n, generator=gen)[:batch].int()
     storage = torch.rand(n, k + 4, generator=gen)
@@ -233,7 +236,8 @@ def test_sglr_kernel_strided_inputs(interpreted, gen):
     before = storage.clone()
     hyper = dict(r=0.6, temperature=1.0, alpha=0.5, lam=0.5)
     row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, **hyper)
-    y, rows = R.sglr_target(z_adv.double(), z_clean.double(), labels, before[:, 2:k + 2][index.long()].double(), **hyper)
+    old_rows = before[:, 2:k + 2][index.long()].double()
+    y, rows = R.sglr_target(z_adv.double(), z_clean.double(), labels, old_rows, **hyper)
     assert_close(table[index.long()], rows, rtol=1e-5, atol=1e-6, what="table rows")
     assert torch.equal(storage[:, :2], before[:, :2]) and torch.equal(storage[:, k + 2:], before[:, k + 2:])
     check_soft_ce_outputs(row_loss, grad, z_adv, y)
@@ -241,7 +245,7 @@ def test_sglr_kernel_strided_inputs(interpreted, gen):
 
 def test_sglr_kernel_large_logits(interpreted, gen):
     """Logits of magnitude ~100: the max-subtracted softmax and log-sum-exp must stay finite and exact."""
-    z_adv, z_clean = logits((3, 1000), torch.float32, gen, scale=60.0), logits((3, 1000), torch.float32, gen, scale=60.0)
+    z_adv, z_clean = (logits((3, 1000), torch.float32, gen, scale=60.0) for _ in range(2))
     labels, index, table = torch.tensor([0, 999, 5]), torch.tensor([2, 0, 1]), torch.zeros(3, 1000)
     row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, 0.2, 1.5, 0.9, 0.2)
     y, _ = R.sglr_target(z_adv.double(), z_clean.double(), labels, torch.zeros(3, 1000, dtype=torch.float64),
@@ -262,17 +266,20 @@ def test_kernel_argument_checks():
 # ---- Gradients ------------------------------------------------------------------------------------------------
 
 def test_gradcheck_reference(gen):
-    """The definitions are differentiable where they should be: float64 gradcheck of both losses."""
+    """The definitions' gradients, float64: gradcheck of the soft-target CE (targets summing to 1 or not, and an
+    SGLR target), and sglr_loss's gradient is that CE's at its target held constant (the target is detached)."""
     batch, k = 3, 5
     z = torch.randn(batch, k, dtype=torch.float64, generator=gen, requires_grad=True)
-    target = torch.rand(batch, k, dtype=torch.float64, generator=gen)  # rows not summing to 1
-    assert torch.autograd.gradcheck(lambda t: R.soft_cross_entropy(t, target), (z,))
     z_clean = torch.randn(batch, k, dtype=torch.float64, generator=gen)
     labels, index = torch.tensor([0, 4, 2]), torch.tensor([5, 1, 3])
     table = torch.rand(6, k, dtype=torch.float64, generator=gen)
-    # sglr_loss updates the table: give every evaluation its own copy so the function stays pure.
-    assert torch.autograd.gradcheck(
-        lambda t: R.sglr_loss(t, z_clean, labels, index, table.clone(), 0.2, 1.5, 0.9, 0.2), (z,))
+    y, _ = R.sglr_target(z, z_clean, labels, table[index], 0.2, 1.5, 0.9, 0.2)
+    for target in (torch.softmax(torch.randn(batch, k, dtype=torch.float64, generator=gen), dim=1),
+                   torch.rand(batch, k, dtype=torch.float64, generator=gen), y):
+        assert torch.autograd.gradcheck(lambda t: R.soft_cross_entropy(t, target), (z,))
+    (grad_sglr,) = torch.autograd.grad(R.sglr_loss(z, z_clean, labels, index, table, 0.2, 1.5, 0.9, 0.2), z)
+    (grad_ce,) = torch.autograd.grad(R.soft_cross_entropy(z, y), z)
+    torch.testing.assert_close(grad_sglr, grad_ce)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -334,10 +341,12 @@ def op_samples(gen):
     return {
         "pgd_step": (ops.pgd_step.default, (x_adv, x, grad, STEP, EPS, None, None)),
         "pgd_step_tensors": (ops.pgd_step.default, (x_adv, x, grad, 0.0, 0.0, torch.tensor(STEP), torch.tensor(EPS))),
-        "pgd_step_inplace": (ops.pgd_step_inplace.default, (x_adv.clone(), x, grad, STEP, 0.0, None, torch.tensor(EPS))),
+        "pgd_step_inplace": (ops.pgd_step_inplace.default,
+                             (x_adv.clone(), x, grad, STEP, 0.0, None, torch.tensor(EPS))),
         "soft_ce_forward": (ops.soft_ce_forward.default, (z, torch.rand(batch, k, generator=gen))),
         "sglr_forward": (ops.sglr_forward.default,
-                         (z, torch.randn(batch, k, generator=gen), labels, index, torch.zeros(n, k), 0.2, 1.5, 0.9, 0.2)),
+                         (z, torch.randn(batch, k, generator=gen), labels, index, torch.zeros(n, k),
+                          0.2, 1.5, 0.9, 0.2)),
         "mean_with_saved_grad": (ops.mean_with_saved_grad.default, (z.clone().requires_grad_(), row_loss, saved_grad)),
     }
 
@@ -347,6 +356,20 @@ def op_samples(gen):
 def test_opcheck(gen, name):
     op, args = op_samples(gen)[name]
     torch.library.opcheck(op, args)
+
+
+def test_float64_runs_the_reference(interpreted, gen):
+    """The kernels take fp32/bf16/fp16; float64 calls run the definitions themselves, on any backend."""
+    assert K.backend(torch.empty(0, dtype=torch.float64)) == "reference"
+    z = torch.randn(4, 10, dtype=torch.float64, generator=gen, requires_grad=True)
+    z_clean = torch.randn(4, 10, dtype=torch.float64, generator=gen)
+    labels, index = torch.tensor([1, 2, 3, 4]), torch.tensor([0, 5, 3, 1])
+    table, table_ref = torch.zeros(6, 10, dtype=torch.float64), torch.zeros(6, 10, dtype=torch.float64)
+    loss = K.sglr_loss(z, z_clean, labels, index, table, 0.2, 1.5, 0.9, 0.2)
+    torch.testing.assert_close(loss, R.sglr_loss(z, z_clean, labels, index, table_ref, 0.2, 1.5, 0.9, 0.2))
+    torch.testing.assert_close(table, table_ref)
+    x_adv, x, grad = pgd_inputs((2, 7), torch.float64, gen)
+    torch.testing.assert_close(K.pgd_step(x_adv, x, grad, STEP, EPS), R.pgd_step(x_adv, x, grad, STEP, EPS))
 
 
 def test_compile_fullgraph_cpu(gen):

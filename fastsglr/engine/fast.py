@@ -1,0 +1,266 @@
+"""The fast engine: the reference iteration (``iteration.train_step``), compiled, in mixed precision and channels-last,
+and on CUDA captured once as a CUDA graph that is replayed for every batch.
+
+It computes what ReferenceEngine computes: the same function runs, only the way it runs changes. Five switches
+(``FastOptions``), each one rung of the ladder in ``bench/epochs_per_hour.py``:
+
+    precision      fp32 | bf16 | fp16: autocast of every forward, the attack's included (fp16 adds a loss scale)
+    channels_last  NHWC model and inputs: the layout in which cuDNN runs convolutions on tensor cores
+    compile        torch.compile(fullgraph=True) of the whole iteration: random start, the PGD (or TRADES) loop with
+                   its input gradients, the forwards, the label strategy, backward, the SGD update, the metrics
+    fused          the fused ops of fastsglr.kernels; off, their plain PyTorch definitions (the ladder's lower rungs)
+    cuda_graph     the compiled iteration captured once after a warm-up, then replayed: one launch per batch
+
+A captured graph replays fixed kernels on fixed addresses, so the iteration never syncs with the host and keeps
+everything it reads or writes in static tensors: each batch is copied into static inputs; the step counter and
+the learning rate are device tensors filled before each replay (the schedule needs no re-capture); metrics add up
+in static sums that are copied into the trainer's meter. BatchNorm statistics, the SGLR table and the RNG advance
+inside the iteration exactly as in the reference: same ops, same order, and random numbers from ATen's generator
+(``fallback_random``), so compiled runs draw the numbers eager runs draw. The one host-side switch of a label
+strategy, ``needs_clean_logits`` (SGLR's end of warm-up), selects the graph: one is captured for each value.
+"""
+import contextlib
+import dataclasses
+from collections import Counter
+
+import torch
+from torch.optim.sgd import sgd
+
+from .. import attacks, labels
+from ..data.loaders import Batch
+from ..errors import UsageError
+from ..kernels import reference
+from ..metrics import CalibrationMeter, TrainMeter, evaluation_row
+from .iteration import eval_step, train_step
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Uncaptured iterations before a capture: the first compiles, the second runs on the compiled code as the capture
+# will (cuDNN/cuBLAS workspaces and lazily built state exist before the capture starts).
+WARMUP_STEPS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FastOptions:
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = True
+    fused: bool = True
+    cuda_graph: bool = False
+
+    @classmethod
+    def for_device(cls, device, precision: str) -> "FastOptions":
+        """Everything on for CUDA; on a CPU compile only (NHWC and graphs are GPU tricks)."""
+        cuda = torch.device(device).type == "cuda"
+        return cls(precision=precision, channels_last=cuda, compile=True, fused=True, cuda_graph=cuda)
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """The fused ops replaced by their plain PyTorch definitions where the iteration calls them (ladder rungs below
+    "+fused kernels"). The definitions are the ops' semantics, so results agree to rounding."""
+    swaps = [(attacks, "pgd_step", reference.pgd_step), (labels, "sglr_loss", reference.sglr_loss),
+             (labels, "soft_cross_entropy", reference.soft_cross_entropy)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+    try:
+        for module, name, plain in swaps:
+            setattr(module, name, plain)
+        yield
+    finally:
+        for module, name, fused in saved:
+            setattr(module, name, fused)
+
+
+class SGDUpdate:
+    """``zero_grad`` and ``step`` of a torch.optim.SGD in a form Dynamo traces into the iteration's graph.
+
+    torch.optim wraps ``SGD.step`` in two explicit graph breaks (pytorch#104053) and Dynamo skips ``zero_grad``, so
+    this calls the functional ``sgd`` that ``SGD.step`` calls, with the optimizer's parameters, hyper-parameters and
+    momentum buffers. Compiled, it reads the learning rate from a device tensor (``lr``, filled by ``load_lr``
+    before each iteration): a schedule then needs neither a recompile nor a re-capture. Eager, it reads the float,
+    since eager SGD turns a tensor learning rate into a host sync.
+    """
+
+    def __init__(self, optimizer, device):
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise UsageError(f"the fast engine runs SGD, got {type(optimizer).__name__}: use --engine reference")
+        if any(group["dampening"] for group in optimizer.param_groups):
+            raise UsageError("the fast engine runs SGD without dampening: use --engine reference")
+        self.optimizer = optimizer
+        self.lr = [torch.zeros((), device=device) for _ in optimizer.param_groups]
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def create_momentum_buffers(self):
+        """Missing momentum buffers as zeros, so they have addresses before a capture. Bit-identical to SGD's own
+        first step, which starts the buffer at the gradient: 0.9 * 0 + g = g exactly (no dampening)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if group["momentum"] and "momentum_buffer" not in self.optimizer.state[p]:
+                    self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+
+    def load_lr(self):
+        for lr, group in zip(self.lr, self.param_groups):
+            lr.fill_(group["lr"])  # a fill kernel with the value as an argument: no sync, and outside any graph
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self, found_inf=None):
+        """One SGD update. ``found_inf`` (fp16): a device flag; when set, the fused kernel leaves everything as is."""
+        with torch.no_grad():
+            for lr, group in zip(self.lr, self.param_groups):
+                params = [p for p in group["params"] if p.grad is not None]
+                sgd(params, [p.grad for p in params], [self.optimizer.state[p].get("momentum_buffer") for p in params],
+                    foreach=found_inf is None, fused=found_inf is not None, found_inf=found_inf,
+                    lr=lr if torch.compiler.is_compiling() else group["lr"], weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
+                    maximize=group["maximize"])
+
+
+class DeviceLossScale:
+    """fp16's dynamic loss scale: torch.amp.GradScaler's interface, defaults and update rule, without its host sync
+    (GradScaler reads the overflow flag with .item() to skip the step; here the fused SGD kernel reads it)."""
+
+    def __init__(self, device, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        self.factors = (growth_factor, backoff_factor, growth_interval)
+        self.scale_factor = torch.full((), init_scale, device=device)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.found_inf = torch.zeros((), device=device)
+
+    def scale(self, loss):
+        return loss * self.scale_factor
+
+    def unscale_(self, optimizer):
+        self.found_inf.zero_()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        inverse = self.scale_factor.double().reciprocal().float()  # GradScaler's rounding of 1 / scale
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, inverse)
+
+    def step(self, optimizer):
+        optimizer.step(found_inf=self.found_inf)
+
+    def update(self):
+        torch._amp_update_scale_(self.scale_factor, self.growth_tracker, self.found_inf, *self.factors)
+
+
+class FastEngine:
+    """Runs ``train_step`` (and ``eval_step`` for ``evaluate``) with the speed switches of ``FastOptions``."""
+
+    name = "fast"
+
+    def __init__(self, model, optimizer, strategy, cfg, options: FastOptions | None = None):
+        self.device = next(model.parameters()).device
+        self.options = options or FastOptions.for_device(self.device, cfg.precision)
+        if self.options.precision not in AUTOCAST_DTYPES:
+            raise UsageError(f"unknown precision '{self.options.precision}': choose one of {', '.join(AUTOCAST_DTYPES)}")
+        if self.options.cuda_graph and (self.device.type != "cuda" or not self.options.compile):
+            raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
+        if self.options.channels_last:
+            model.to(memory_format=torch.channels_last)  # swaps each parameter's data: the optimizer keeps them
+        self.model, self.strategy, self.cfg = model, strategy, cfg
+        self.optimizer = SGDUpdate(optimizer, self.device)
+        self.autocast_dtype = AUTOCAST_DTYPES[self.options.precision]
+        self.scaler = DeviceLossScale(self.device) if self.options.precision == "fp16" else None
+        self.ops = contextlib.nullcontext if self.options.fused else plain_ops
+        # Static state that a captured graph reads and writes; inputs get their shapes from the first batch.
+        self.inputs, self.eval_inputs = None, None
+        self.step_index = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.meter, self.meter_owner = TrainMeter(self.device), None
+        self.clean, self.adv = CalibrationMeter(self.device), CalibrationMeter(self.device)
+        self.graphs, self.warmups = {}, Counter()
+        if self.options.compile:
+            # fallback_random: compiled code draws from ATen's generator, as eager code does (same numbers).
+            # dynamic=False: one batch shape per graph (training drops the last partial batch).
+            compile_ = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False, options={"fallback_random": True})
+            self.train_fn, self.eval_fn = compile_(self._train_iteration), compile_(self._eval_batch)
+        else:
+            self.train_fn, self.eval_fn = self._train_iteration, self._eval_batch
+
+    # ---- the two functions that get compiled and captured ------------------------------------------------------
+
+    def _train_iteration(self):
+        return train_step(self.model, self.optimizer, self.strategy, self.cfg, self.inputs, self.meter,
+                          self.step_index, autocast_dtype=self.autocast_dtype, scaler=self.scaler)
+
+    def _eval_batch(self, images, labels, eps, step_size, steps):
+        eval_step(self.model, images, labels, self.clean, self.adv, eps=eps, step_size=step_size, steps=steps,
+                  autocast_dtype=self.autocast_dtype)
+
+    # ---- training ----------------------------------------------------------------------------------------------
+
+    def step(self, batch, meter, step):
+        """One iteration on ``batch``; the trainer's ``meter`` receives the epoch's sums so far."""
+        if self.inputs is None:  # first step, after any resume has loaded the optimizer state
+            self.optimizer.create_momentum_buffers()
+            self.inputs = self._static_like(batch)
+        if meter is not self.meter_owner:  # a new epoch's meter: restart the static sums
+            self.meter.reset()
+            self.meter_owner = meter
+        for static, value in zip(self.inputs, batch):
+            static.copy_(value, non_blocking=True)
+        self.step_index.fill_(step)
+        self.optimizer.load_lr()
+        with self.ops(), torch._dynamo.config.patch(trace_autograd_ops=True):  # autograd.grad traced, not a break
+            loss = self._run(self.train_fn, key=("train", self.strategy.needs_clean_logits))
+        meter.sums.copy_(self.meter.sums)
+        meter.first_bad_step.copy_(self.meter.first_bad_step)
+        return loss
+
+    def _static_like(self, batch):
+        images = torch.empty_like(batch.images, memory_format=torch.channels_last if self.options.channels_last
+                                  else torch.preserve_format)
+        return Batch(images, *(torch.empty_like(t) for t in batch[1:]))
+
+    def _run(self, fn, key):
+        """Call ``fn``; with CUDA graphs: warm up, then capture once per ``key`` and replay from then on."""
+        if not self.options.cuda_graph:
+            return fn()
+        if key in self.graphs:
+            graph, output = self.graphs[key]
+            graph.replay()
+            return output
+        if self.warmups[key] < WARMUP_STEPS:
+            self.warmups[key] += 1
+            # Warm-up runs on a side stream, as the capture will (the documented recipe for torch.cuda.graph).
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                output = fn()
+            torch.cuda.current_stream().wait_stream(side)
+            return output
+        # A capture records without running: this iteration's batch is processed by the first replay below.
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = fn()
+        self.graphs[key] = (graph, output)
+        graph.replay()
+        return output
+
+    # ---- evaluation --------------------------------------------------------------------------------------------
+
+    def evaluate(self, loader, *, eps, step_size, steps):
+        """Clean and PGD accuracy and calibration on ``loader`` (what ``evaluation.evaluate`` returns).
+
+        Full batches go through the compiled (and captured) eval step; a last, smaller batch runs it eagerly, so it
+        costs neither a second compilation nor a second graph.
+        """
+        attack = (eps, step_size, steps)
+        self.model.eval()
+        self.clean.reset()
+        self.adv.reset()
+        with self.ops(), torch._dynamo.config.patch(trace_autograd_ops=True):
+            for batch in loader:
+                if self.eval_inputs is None:
+                    self.eval_inputs = self._static_like(batch)
+                if batch.images.shape != self.eval_inputs.images.shape:
+                    self._eval_batch(batch.images, batch.labels, *attack)
+                    continue
+                self.eval_inputs.images.copy_(batch.images, non_blocking=True)
+                self.eval_inputs.labels.copy_(batch.labels, non_blocking=True)
+                self._run(lambda: self.eval_fn(self.eval_inputs.images, self.eval_inputs.labels, *attack),
+                          key=("eval", attack))
+        return evaluation_row(self.clean, self.adv)
