@@ -19,10 +19,11 @@ setup(
     ],
     package_dir={"fastsglr": "fastsglr", "fastsglr.kernels": "kernels"},
     # torch 2.6 is the floor: torch.library.triton_op / wrap_triton appeared there.
-    install_requires=["torch>=2.6", "numpy>=1.24", "tqdm>=4.60"],
+    # scikit-learn ships the embedded `digits` data set that the demo and the tests use.
+    install_requires=["torch>=2.6", "numpy>=1.24", "tqdm>=4.60", "scikit-learn>=1.3"],
     extras_require={
         "ffcv": ["ffcv==1.0.2", "numba>=0.58"],
-        "extras": ["matplotlib>=3.7", "scikit-learn>=1.3", "torchattacks==3.5.1"],
+        "extras": ["matplotlib>=3.7", "torchvision>=0.21", "torchattacks==3.5.1"],
         "test": ["pytest>=8", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["fastsglr = fastsglr.cli:main"]},

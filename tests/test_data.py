@@ -139,3 +139,46 @@ def test_cli_prepare_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["prepare", "--dataset", "imagenet", "--out", str(tmp_path / "d")])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("dataset,packed", [("cifar10", True), ("cifar10", False), ("cifar100", True)])
+def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
+    from fake_cifar import _pixel_of_row, _tar, _write_cifar10, _write_cifar100
+
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(11)
+    expected = (_write_cifar10 if dataset == "cifar10" else _write_cifar100)(raw, rng)
+    if packed:
+        folder = "cifar-10-batches-py" if dataset == "cifar10" else "cifar-100-python"
+        _tar(raw, folder, "cifar-10-python.tar.gz" if dataset == "cifar10" else "cifar-100-python.tar.gz")
+        import shutil
+
+        shutil.rmtree(raw / folder)
+    out = tmp_path / "data"
+    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(out),
+                 "--label-noise", "0.25", "--seed", "4"]) == 0
+    info = read_data_dir(str(out))
+    assert info.image_shape == (32, 32, 3) and info.crop_padding == 4
+    assert info.num_classes == (10 if dataset == "cifar10" else 100)
+    for split in ("train", "test"):
+        images, labels, clean, index = read_split(info, split)
+        rows = expected[f"{split}_rows"]
+        n, h, w, c = np.meshgrid(np.arange(len(rows)), np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+        assert np.array_equal(images[n, h, w, c], _pixel_of_row(rows, n, h, w, c)), "channel or pixel order"
+        assert np.array_equal(clean, expected[f"{split}_labels"]) and np.array_equal(index, np.arange(len(rows)))
+        if split == "train":
+            assert np.sum(labels != clean) == round(0.25 * len(labels))
+            first_noisy = labels
+        else:
+            assert np.array_equal(labels, clean)
+    if dataset == "cifar10":  # the hand-made first image: red at (0, 0), green at (1, 2), black elsewhere
+        img = read_split(info, "train", fields=("image",))[0][0]
+        assert tuple(img[0, 0]) == (255, 0, 0) and tuple(img[1, 2]) == (0, 255, 0) and img.sum() == 510
+    # the same seed reproduces the noise, another seed changes it
+    again, other = tmp_path / "again", tmp_path / "other"
+    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(again),
+                 "--label-noise", "0.25", "--seed", "4"]) == 0
+    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(other),
+                 "--label-noise", "0.25", "--seed", "5"]) == 0
+    assert np.array_equal(read_split(read_data_dir(str(again)), "train")[1], first_noisy)
+    assert not np.array_equal(read_split(read_data_dir(str(other)), "train")[1], first_noisy)

@@ -137,7 +137,7 @@ def test_iteration_compiles_whole_and_makes_no_host_sync(compiled_and_reference)
     """The compiled iteration is one graph: fullgraph=True refuses a graph break, and Dynamo breaks the graph at any
     .item(), nonzero or branch on a tensor's value. torch.compile does not run under a user dispatch mode, so the
     same iteration runs eagerly under one that fails on any syncing op (on a GPU, CUDA's sync debug mode checks the
-    compiled and captured iteration too: test_capture_then_replays_advance_the_state)."""
+    compiled and the captured iteration too: test_compiled_and_captured_iterations_make_no_host_sync)."""
     from torch._dynamo.utils import counters
 
     assert not counters["graph_break"], dict(counters["graph_break"])
@@ -256,6 +256,24 @@ def test_capture_then_replays_advance_the_state():
         assert not torch.equal(strategy.table, table) and not torch.equal(next(model.parameters()), weight)
     assert set(engine.graphs) == {("train", False), ("train", True)}
     assert float(meter.sums[-1]) == GPU_STEPS and float(meter.sums[1]) == GPU_STEPS * B
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_compiled_and_captured_iterations_make_no_host_sync(cuda_graph):
+    """After the warm-up (compilation, capture), iterations run under CUDA's sync debug mode set to fail."""
+    _, batches = make_data("cuda", GPU_STEPS)
+    options = dataclasses.replace(FastOptions.for_device("cuda", "bf16"), cuda_graph=cuda_graph)
+    run = make_run("cuda", options=options, engine="fast")
+    train(run, batches[:WARMUP_STEPS + 1])
+    meter = TrainMeter("cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, batch in enumerate(batches):
+            run[3].step(batch, meter, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(meter.sums[-1]) == GPU_STEPS
 
 
 @pytest.mark.gpu

@@ -48,10 +48,12 @@ class FastOptions:
     cuda_graph: bool = False
 
     @classmethod
-    def for_device(cls, device, precision: str) -> "FastOptions":
-        """Everything on for CUDA; on a CPU compile only (NHWC and graphs are GPU tricks)."""
+    def for_device(cls, device, precision: str = "") -> "FastOptions":
+        """Everything on for CUDA, bf16 unless another precision is named; on a CPU: compiled, fp32 unless named
+        (NHWC and graphs are GPU tricks)."""
         cuda = torch.device(device).type == "cuda"
-        return cls(precision=precision, channels_last=cuda, compile=True, fused=True, cuda_graph=cuda)
+        return cls(precision=precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=True, fused=True,
+                   cuda_graph=cuda)
 
 
 @contextlib.contextmanager
@@ -110,20 +112,26 @@ class SGDUpdate:
                 p.grad = None
 
     def step(self, found_inf=None):
-        """One SGD update. ``found_inf`` (fp16): a device flag; when set, the fused kernel leaves everything as is."""
+        """One SGD update. ``found_inf`` (fp16): a device flag; when set, weights and momentum keep their values
+        (selected on the device; torch.compile refuses the fused SGD kernel that could skip by itself)."""
         with torch.no_grad():
             for lr, group in zip(self.lr, self.param_groups):
                 params = [p for p in group["params"] if p.grad is not None]
-                sgd(params, [p.grad for p in params], [self.optimizer.state[p].get("momentum_buffer") for p in params],
-                    foreach=found_inf is None, fused=found_inf is not None, found_inf=found_inf,
+                buffers = [self.optimizer.state[p].get("momentum_buffer") for p in params]
+                state = params + [b for b in buffers if b is not None]
+                before = None if found_inf is None else [t.clone() for t in state]
+                sgd(params, [p.grad for p in params], buffers, foreach=True,
                     lr=lr if torch.compiler.is_compiling() else group["lr"], weight_decay=group["weight_decay"],
                     momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
                     maximize=group["maximize"])
+                if found_inf is not None:
+                    for t, old in zip(state, before):
+                        t.copy_(torch.where(found_inf > 0, old, t))
 
 
 class DeviceLossScale:
     """fp16's dynamic loss scale: torch.amp.GradScaler's interface, defaults and update rule, without its host sync
-    (GradScaler reads the overflow flag with .item() to skip the step; here the fused SGD kernel reads it)."""
+    (GradScaler reads the overflow flag with .item() to skip the step; here SGDUpdate reads it on the device)."""
 
     def __init__(self, device, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
         self.factors = (growth_factor, backoff_factor, growth_interval)
@@ -156,7 +164,8 @@ class FastEngine:
         self.device = next(model.parameters()).device
         self.options = options or FastOptions.for_device(self.device, cfg.precision)
         if self.options.precision not in AUTOCAST_DTYPES:
-            raise UsageError(f"unknown precision '{self.options.precision}': choose one of {', '.join(AUTOCAST_DTYPES)}")
+            raise UsageError(f"unknown precision '{self.options.precision}': choose one of "
+                             f"{', '.join(AUTOCAST_DTYPES)}")
         if self.options.cuda_graph and (self.device.type != "cuda" or not self.options.compile):
             raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
         if self.options.channels_last:
