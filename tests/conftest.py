@@ -1,6 +1,13 @@
-"""Shared test set-up: GPU tests skip without a GPU; a small digits data directory is prepared once per session."""
-import pytest
-import torch
+"""Shared test set-up: Triton kernels run in the interpreter; GPU tests skip without a GPU; small digits data
+directories are prepared once per session."""
+import os
+
+# Triton reads this when the kernels are decorated, i.e. at the first import of fastsglr.kernels: it must be set
+# before any test module imports fastsglr. On CPU tensors the ops then run the real Triton kernels, interpreted.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
