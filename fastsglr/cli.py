@@ -62,8 +62,9 @@ _TRAIN_FLAGS = [
     ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
     ("--loader", "loader", str, "ffcv | device (whole data set held on the device)"),
     ("--device", "device", str, "cpu | cuda (default: cuda when available)"),
-    ("--engine", "engine", str, "reference | fast"),
-    ("--precision", "precision", str, "fp32 | bf16 | fp16"),
+    ("--engine", "engine", str, "fast (compiled; CUDA: channels-last, CUDA graph) | reference (eager fp32); "
+                                "default: fast on CUDA, reference on CPU"),
+    ("--precision", "precision", str, "fast engine: fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)"),
     ("--seed", "seed", int, "seed of initialisation, attacks, order and augmentation"),
     ("--out", "out", str, "the run directory to write"),
 ]

@@ -63,8 +63,8 @@ class Config:
 
     # --- run ---
     device: str = "cpu"
-    engine: str = "reference"
-    precision: str = "fp32"
+    engine: str = ""                   # fast (compiled; CUDA: channels-last + CUDA graph) | reference; "" = by device
+    precision: str = ""                # fp32 | bf16 | fp16 (fast engine); "" = by device
     seed: int = 0
     out: str = ""
     preset: str = ""
@@ -124,9 +124,19 @@ def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
         raise UsageError(f"--{name.replace('_', '-')} {value} is out of range: it must lie in {lb}{lo}, {hi}{rb}")
 
 
+def resolve_device_defaults(cfg: Config) -> Config:
+    """Fill the settings whose default depends on the device: the fast engine in bf16 on CUDA; on CPU the
+    reference engine in fp32 (compiling on a CPU costs more than it saves on small runs)."""
+    on_cuda = cfg.device == "cuda"
+    return dataclasses.replace(cfg, engine=cfg.engine or ("fast" if on_cuda else "reference"),
+                               precision=cfg.precision or ("bf16" if on_cuda and cfg.engine != "reference" else "fp32"))
+
+
 def validate(cfg: Config) -> Config:
     """Reject a bad config before any work starts, with a one-line message naming the fix."""
     from .models import MODEL_NAMES
+
+    cfg = resolve_device_defaults(cfg)
 
     _check_choice("model", cfg.model, MODEL_NAMES)
     _check_choice("method", cfg.method, METHODS)
@@ -136,6 +146,8 @@ def validate(cfg: Config) -> Config:
     _check_choice("ema init", cfg.ema_init, EMA_INITS)
     _check_choice("engine", cfg.engine, ENGINES)
     _check_choice("precision", cfg.precision, PRECISIONS)
+    if cfg.engine == "reference" and cfg.precision != "fp32":
+        raise UsageError(f"--precision {cfg.precision} needs the fast engine: add --engine fast")
     _check_choice("loader", cfg.loader, LOADERS)
     _check_choice("device", cfg.device, DEVICES)
     _check_range("eps", cfg.eps, 0, 1)

@@ -16,7 +16,6 @@ from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels
 from .engine import build_engine
 from .errors import TrainingError, UsageError
-from .evaluation import evaluate
 from .labels import build_label_strategy
 from .metrics import BestFinalTracker, TrainMeter
 from .models import build_model
@@ -120,8 +119,8 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
                                 f"last.pt keeps epoch {epoch}; lower --lr or check the data")
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "lr": lr, **meter.read(),
-               **evaluate(model, test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
-                          steps=cfg.eval_steps, device=device),
+               **engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
+                                 steps=cfg.eval_steps),
                "eval_steps": cfg.eval_steps, "train_seconds": train_seconds,
                "epoch_seconds": time.perf_counter() - t0,
                "train_images_per_second": train_loader.num_samples / train_seconds}

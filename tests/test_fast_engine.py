@@ -121,16 +121,23 @@ class NoHostSync(TorchDispatchMode):
 
 @pytest.fixture(scope="module")
 def compiled_and_reference():
-    """Two epochs of three steps each, reference engine and compiled fast engine, from the same seed."""
+    """Two epochs of three steps each, reference engine and compiled fast engine, from the same seed; and how many
+    graphs the fast engine compiled."""
+    from torch._dynamo.utils import counters
+
     _, batches = make_data("cpu", 3)
     ref, fast = make_run("cpu"), make_run("cpu", options=FastOptions(compile=True), engine="fast")
-    return ref, fast, batches, train(ref, batches, epochs=2), train(fast, batches, epochs=2)
+    ref_out = train(ref, batches, epochs=2)
+    graphs = counters["stats"]["unique_graphs"]
+    fast_out = train(fast, batches, epochs=2)
+    return ref, fast, batches, ref_out, fast_out, counters["stats"]["unique_graphs"] - graphs
 
 
 def test_compiled_fast_engine_matches_reference(compiled_and_reference):
-    ref, fast, _, ref_out, fast_out = compiled_and_reference
+    ref, fast, _, ref_out, fast_out, graphs = compiled_and_reference
     assert_same_training(ref, fast, ref_out, fast_out, rtol=1e-5, atol=1e-5)
     assert float(fast_out[1].sums[-1]) == 3  # the second epoch's meter restarted from zero
+    assert graphs == 1  # one compilation for every step: a new learning rate or meter recompiles nothing
 
 
 def test_iteration_compiles_whole_and_makes_no_host_sync(compiled_and_reference):
@@ -200,7 +207,7 @@ def test_loss_scale_skips_the_update_on_overflow_and_backs_off():
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.SGD([param], lr=0.5, momentum=0.9)
     update, scaler = SGDUpdate(optimizer, "cpu"), DeviceLossScale("cpu", init_scale=4.0)
-    update.create_momentum_buffers()
+    update.prepare()
     for grad, expected_param, expected_scale in ((float("inf"), 1.0, 2.0), (1.0, 0.5, 2.0)):
         update.zero_grad()
         scaler.scale((param * grad).sum()).backward()

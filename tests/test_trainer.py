@@ -8,6 +8,7 @@ import torch
 
 import fastsglr
 import fastsglr.engine.iteration as iteration
+import fastsglr.evaluation as evaluation
 import fastsglr.trainer as trainer
 from fastsglr.checkpoint import load_checkpoint, save_checkpoint
 from fastsglr.cli import main
@@ -54,7 +55,7 @@ def test_resume_after_interruption_matches_uninterrupted(digits_dir, tmp_path, m
     assert _train(digits_dir, whole, "--labels", "sglr") == 0
 
     calls = {"n": 0}
-    real_evaluate = trainer.evaluate
+    real_evaluate = evaluation.evaluate
 
     def evaluate_then_die(*args, **kwargs):
         calls["n"] += 1
@@ -62,10 +63,10 @@ def test_resume_after_interruption_matches_uninterrupted(digits_dir, tmp_path, m
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", evaluate_then_die)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(digits_dir, cut, "--labels", "sglr")
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", real_evaluate)
     assert load_checkpoint(str(cut / "last.pt"))["epoch"] == 2
     assert main(["train", "--resume", str(cut)]) == 0
 
@@ -133,7 +134,7 @@ def test_pgd20_matches_torchattacks(digits_dir, tmp_path):
     eps = 32 / 255
     loader = DeviceLoader(info, "test", 450, "cpu", train=False, seed=0)
     torch.manual_seed(0)
-    ours = trainer.evaluate(model, loader, eps=eps, step_size=eps / 4, steps=20, device="cpu")
+    ours = evaluation.evaluate(model, loader, eps=eps, step_size=eps / 4, steps=20, device="cpu")
     attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=20, random_start=True)
     correct = total = 0
     for batch in loader:

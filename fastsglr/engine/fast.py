@@ -82,6 +82,8 @@ class SGDUpdate:
     since eager SGD turns a tensor learning rate into a host sync.
     """
 
+    HYPER = ("weight_decay", "momentum", "dampening", "nesterov", "maximize")
+
     def __init__(self, optimizer, device):
         if not isinstance(optimizer, torch.optim.SGD):
             raise UsageError(f"the fast engine runs SGD, got {type(optimizer).__name__}: use --engine reference")
@@ -89,41 +91,47 @@ class SGDUpdate:
             raise UsageError("the fast engine runs SGD without dampening: use --engine reference")
         self.optimizer = optimizer
         self.lr = [torch.zeros((), device=device) for _ in optimizer.param_groups]
+        self.groups = []  # per param group: (parameters, momentum buffers, hyper-parameters), set by prepare()
+
+    def prepare(self):
+        """Before the first step (after any resume has loaded the optimizer's state): create missing momentum
+        buffers as zeros, so they have addresses before a capture, bit-identical to SGD's own first step, which
+        starts a buffer at the gradient (0.9 * 0 + g = g, no dampening); and take the groups as plain lists, so the
+        compiled iteration never reads param_groups, whose float learning rate Dynamo would guard on (a recompile at
+        every change)."""
+        state = self.optimizer.state
+        self.groups = []
+        for group in self.optimizer.param_groups:
+            params = list(group["params"])
+            if group["momentum"]:
+                for p in params:
+                    state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            buffers = [state[p].get("momentum_buffer") for p in params]
+            self.groups.append((params, buffers, {key: group[key] for key in self.HYPER}))
 
     @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    def create_momentum_buffers(self):
-        """Missing momentum buffers as zeros, so they have addresses before a capture. Bit-identical to SGD's own
-        first step, which starts the buffer at the gradient: 0.9 * 0 + g = g exactly (no dampening)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if group["momentum"] and "momentum_buffer" not in self.optimizer.state[p]:
-                    self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    def params(self):
+        return [p for params, _, _ in self.groups for p in params]
 
     def load_lr(self):
-        for lr, group in zip(self.lr, self.param_groups):
+        for lr, group in zip(self.lr, self.optimizer.param_groups):
             lr.fill_(group["lr"])  # a fill kernel with the value as an argument: no sync, and outside any graph
 
     def zero_grad(self, set_to_none=True):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        for p in self.params:
+            p.grad = None
 
     def step(self, found_inf=None):
         """One SGD update. ``found_inf`` (fp16): a device flag; when set, weights and momentum keep their values
         (selected on the device; torch.compile refuses the fused SGD kernel that could skip by itself)."""
         with torch.no_grad():
-            for lr, group in zip(self.lr, self.param_groups):
-                params = [p for p in group["params"] if p.grad is not None]
-                buffers = [self.optimizer.state[p].get("momentum_buffer") for p in params]
+            for i, (params, buffers, hyper) in enumerate(self.groups):
+                live = [(p, b) for p, b in zip(params, buffers) if p.grad is not None]
+                params, buffers = [p for p, _ in live], [b for _, b in live]
                 state = params + [b for b in buffers if b is not None]
                 before = None if found_inf is None else [t.clone() for t in state]
-                sgd(params, [p.grad for p in params], buffers, foreach=True,
-                    lr=lr if torch.compiler.is_compiling() else group["lr"], weight_decay=group["weight_decay"],
-                    momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-                    maximize=group["maximize"])
+                lr = self.lr[i] if torch.compiler.is_compiling() else self.optimizer.param_groups[i]["lr"]
+                sgd(params, [p.grad for p in params], buffers, foreach=True, lr=lr, **hyper)
                 if found_inf is not None:
                     for t, old in zip(state, before):
                         t.copy_(torch.where(found_inf > 0, old, t))
@@ -144,7 +152,7 @@ class DeviceLossScale:
 
     def unscale_(self, optimizer):
         self.found_inf.zero_()
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in optimizer.params if p.grad is not None]
         inverse = self.scale_factor.double().reciprocal().float()  # GradScaler's rounding of 1 / scale
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, inverse)
 
@@ -204,7 +212,7 @@ class FastEngine:
     def step(self, batch, meter, step):
         """One iteration on ``batch``; the trainer's ``meter`` receives the epoch's sums so far."""
         if self.inputs is None:  # first step, after any resume has loaded the optimizer state
-            self.optimizer.create_momentum_buffers()
+            self.optimizer.prepare()
             self.inputs = self._static_like(batch)
         if meter is not self.meter_owner:  # a new epoch's meter: restart the static sums
             self.meter.reset()

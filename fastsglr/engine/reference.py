@@ -1,4 +1,5 @@
 """The reference engine: the training iteration run eagerly, in fp32, exactly as written. The baseline."""
+from .. import evaluation
 from .iteration import train_step
 
 
@@ -10,3 +11,7 @@ class ReferenceEngine:
 
     def step(self, batch, meter, step):
         return train_step(self.model, self.optimizer, self.strategy, self.cfg, batch, meter, step)
+
+    def evaluate(self, loader, *, eps, step_size, steps):
+        device = next(self.model.parameters()).device
+        return evaluation.evaluate(self.model, loader, eps=eps, step_size=step_size, steps=steps, device=device)
