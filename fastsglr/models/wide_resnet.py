@@ -8,27 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .normalize import Normalize
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, out_planes: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
-        # Decided at construction, so the forward has no data-dependent branching.
-        self.has_projection = stride != 1 or in_planes != out_planes
-        if self.has_projection:
-            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        # As in TRADES: the projection sees the pre-activated input, the identity the raw one.
-        shortcut = self.shortcut(out) if self.has_projection else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+# TRADES' wide block is the pre-activation block (projection of the pre-activated input), only wider.
+from .preact_resnet import PreActBlock as WideBlock
 
 
 class WideResNet(nn.Module):
