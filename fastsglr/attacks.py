@@ -19,7 +19,7 @@ from .errors import UsageError
 ATTACK_LOSSES = ("ce", "cw")
 
 
-def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """Clip into the eps-ball around x and into [0, 1] (for start points; steps project inside pgd_step)."""
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
@@ -49,7 +49,7 @@ def pgd(model, x: Tensor, labels: Tensor, *, eps: float, step_size: float, steps
         raise UsageError(f"unknown attack loss '{loss}': choose one of {', '.join(ATTACK_LOSSES)}")
     x = x.detach()
     if random_start:
-        x_adv = _project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+        x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
     else:
         x_adv = x.clone()
     for _ in range(steps):
@@ -71,7 +71,7 @@ def trades_attack(model, x: Tensor, *, eps: float, step_size: float, steps: int)
     x = x.detach()
     with torch.no_grad():
         p_clean = torch.softmax(model(x).float(), dim=1)
-    x_adv = _project(x + 0.001 * torch.randn_like(x), x, eps)
+    x_adv = project(x + 0.001 * torch.randn_like(x), x, eps)
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():

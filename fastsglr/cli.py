@@ -1,4 +1,7 @@
-"""The command line: `fastsglr prepare | train | eval | bench`. Flags map onto ``Config``; nothing else lives here."""
+"""The command line: `fastsglr prepare | train | eval | reproduce | bench`.
+
+Flags map onto ``Config`` (train) or onto the keyword arguments of ``robustness.run_eval`` (eval) and
+``reproduce.reproduce`` (reproduce); nothing else lives here."""
 import argparse
 import dataclasses
 import sys
@@ -112,6 +115,66 @@ def _run_train(args):
     return 0
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="robustness of a checkpoint or a run directory (clean, PGD-20, CW, AutoAttack, "
+                                    "Square, transfer), with gradient-masking checks",
+                       description="Attack a checkpoint, or a run directory's best.pt and final.pt (then a best / "
+                                   "final / diff table), and write a JSON report. eps and the data default to the "
+                                   "checkpoint's training settings; AutoAttack uses the original's standard settings.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file, or a run directory (best.pt and final.pt)")
+    p.add_argument("--data", help="a data directory (default: the checkpoint's training data)")
+    p.add_argument("--attacks", default="clean,pgd20,cw,autoattack",
+                   help="comma-separated: clean, pgdK (e.g. pgd20), cw, autoattack, square, transfer "
+                        "(default: %(default)s)")
+    p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: all)")
+    p.add_argument("--eps", type=C.parse_fraction, help="l-inf radius, e.g. 8/255 (default: the checkpoint's)")
+    p.add_argument("--source", metavar="CHECKPOINT", help="transfer: the checkpoint the adversarial examples are "
+                                                           "crafted on")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per attacked batch (default: 256)")
+    p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
+    p.add_argument("--out", required=True, metavar="REPORT.json", help="where the JSON report goes")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args):
+    from .robustness import run_eval
+
+    run_eval(args.checkpoint, out=args.out, data=args.data, attacks=args.attacks, n=args.n, eps=args.eps,
+             source=args.source, checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size,
+             device=args.device)
+    return 0
+
+
+def _add_reproduce(sub):
+    p = sub.add_parser("reproduce", help="one of the paper's tables as a grid of runs, beside the paper's numbers",
+                       description="Train (or resume) the runs of one of the paper's tables in --out, evaluate them "
+                                   "and render the table in markdown with the paper's number beside each measured "
+                                   "one, plus the runs' curves. Running it again resumes where it stopped.")
+    p.add_argument("table", help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1)")
+    p.add_argument("--data", action="append", required=True, metavar="DATA_DIR",
+                   help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
+                        "a digits or synthetic directory stands in for every data set not given")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the runs, the table and the figures go")
+    p.add_argument("--epochs", type=int, help="train each run this many epochs: a quick look, which the table says")
+    p.add_argument("--eval-subset", type=int, metavar="N",
+                   help="evaluate on N test images: a quick look, which the table says")
+    p.add_argument("--root", help="noise on CIFAR: the folder with the raw CIFAR files, to write the noisy copies")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
+    p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
+    p.add_argument("--engine", choices=C.ENGINES, help="training engine (default: fast on CUDA, reference on CPU)")
+    p.set_defaults(run=_run_reproduce)
+
+
+def _run_reproduce(args):
+    from .reproduce import reproduce
+
+    reproduce(args.table, args.data, args.out, epochs=args.epochs, eval_subset=args.eval_subset, root=args.root,
+              checks=not args.no_checks, device=args.device, engine=args.engine)
+    return 0
+
+
 def _add_not_yet(sub, name, text):
     p = sub.add_parser(name, help=f"{text} (not yet available)", description=f"{text}. Not yet available.")
     p.set_defaults(run=lambda args: _not_yet(name))
@@ -126,7 +189,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
-    _add_not_yet(sub, "eval", "robustness evaluation of a checkpoint (clean, PGD-20, CW, AutoAttack, transfer)")
+    _add_eval(sub)
+    _add_reproduce(sub)
     _add_not_yet(sub, "bench", "throughput benchmarks (epochs per hour)")
     return parser
 

@@ -50,7 +50,7 @@ def test_out_of_range_values_are_rejected(flag, value):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["eval"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["eval"], ["reproduce"], ["bench"]])
 def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])

@@ -1,0 +1,451 @@
+"""`fastsglr reproduce TABLE`: one of the paper's tables as a grid of training runs, evaluated and rendered in
+markdown with the paper's number beside each measured one.
+
+Tables: ``table2`` (PGD-AT with hard labels, LS, TE and SGLR), ``table3`` (PGD-AT and TRADES with and without SGLR,
+CIFAR-10 and CIFAR-100), ``table4`` (SGLR's r x T ablation), ``noise`` (Table B.2: hard, LS and SGLR labels under
+0-80% symmetric label noise) and ``calibration`` (Table B.1: ECE on PGD-10 and Square examples, best and final).
+
+Data: ``data`` holds one directory per data set. Each of the table's data sets uses the directory of that data set;
+a directory of a data set the paper does not use (digits, synthetic) stands in for every one that has none, so one
+digits directory gives a quick look at any table. Digits runs use the ``demo`` preset (small CNN, eps 32/255), the
+others the paper's settings; within a table, runs differ only in method, labels, r, T and label noise.
+
+OUT holds ``runs/<data set>/<run>/`` (trainer run directories, plus cached evaluations ``eval_*.json``), ``data/``
+(the noisy copies of ``noise``), ``<table>.md``, ``<table>.json`` and the figures. Running again resumes: finished
+runs (summary.json) are skipped, interrupted ones (last.pt) resume, and an evaluation is reused while the
+checkpoint's hash and the attack settings are unchanged. Tables given the same OUT share identical runs.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import paper_numbers as paper
+from .config import Config, apply_preset, validate
+from .data.datadir import read_data_dir, sha256
+from .data.prepare import prepare
+from .errors import UsageError
+from .report import plot_curves
+from .robustness import STANDARD, evaluate_checkpoint, resolve_device
+from .trainer import train
+
+import matplotlib.pyplot as plt  # noqa: E402  (after .report, which selects the file-only Agg backend)
+
+PAPER_DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+PAPER_EPOCHS = 200
+LABEL_NAMES = {"hard": "Hard Label", "ls": "Soft Label (LS)", "sglr": "Self-Guided Soft Label"}
+NOISE_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
+# Config fields a finished or interrupted run may differ in and still be the same run.
+_NOT_THE_RUN = ("data", "device", "out")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a table: the cell(s) it fills, what sets it apart, and the paper's numbers for it."""
+
+    dataset: str                # the paper's data set it stands for
+    row: str
+    column: str = ""
+    overrides: tuple = ()       # (Config field, value) pairs
+    noise: float = 0.0          # symmetric label-noise rate of its training data
+    paper: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class Measured:
+    run_dir: str
+    history: list               # metrics.jsonl rows
+    evals: dict                 # "best" / "final" -> robustness report
+
+
+@dataclass
+class Block:
+    """A markdown table: rows of (label, [(measured, paper), ...])."""
+
+    dataset: str
+    corner: str
+    columns: list
+    rows: list
+    digits: int = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    runs: tuple
+    attacks: tuple              # what each evaluated checkpoint is attacked with
+    checkpoints: tuple          # which checkpoints of each run are evaluated
+    blocks: Callable            # [(Run, Measured)] -> [Block]
+    notes: tuple = ()           # what a measured number is, where the paper leaves it open
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+
+def _run(dataset, row, column="", noise=0.0, paper=None, **overrides) -> Run:
+    return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, paper or {})
+
+
+def _attack(name, quantity="acc", scale=1.0):
+    """A best / final metric: one number of a checkpoint's robustness report."""
+    return lambda report: report["attacks"][name][quantity] * scale
+
+
+def _final_acc(name):
+    """A grid measure: the final checkpoint's accuracy under an attack."""
+    return lambda m: m.evals["final"]["attacks"][name]["acc"]
+
+
+ACCURACY_METRICS = (("natural", "natural", _attack("clean")), ("pgd20", "PGD-20", _attack("pgd20")),
+                    ("autoattack", "AutoAttack", _attack("autoattack")))
+# CalibrationMeter reports ECE in percent; the paper prints fractions.
+ECE_METRICS = (("pgd10", "PGD-10 ECE", _attack("pgd10", "ece", 0.01)),
+               ("square", "Square ECE", _attack("square", "ece", 0.01)))
+
+
+def _best_final_blocks(metrics, digits=1):
+    """Blocks with best / final / diff columns per metric, one block per data set."""
+    def blocks(results):
+        out = []
+        for dataset in dict.fromkeys(run.dataset for run, _ in results):
+            rows = []
+            for run, m in ((r, m) for r, m in results if r.dataset == dataset):
+                cells = []
+                for key, _, value in metrics:
+                    best, final = value(m.evals["best"]), value(m.evals["final"])
+                    cells += zip((best, final, best - final), run.paper.get(key, (None, None, None)))
+                rows.append((run.row, cells))
+            columns = [f"{name} {c}" for _, name, _ in metrics for c in ("best", "final", "diff")]
+            out.append(Block(dataset, "method", columns, rows, digits))
+        return out
+    return blocks
+
+
+def _grid_blocks(corner, measures):
+    """One block whose rows are (run row, measure) and whose columns are the runs' columns."""
+    def blocks(results):
+        cell = {(run.row, run.column): (run, m) for run, m in results}
+        rows, columns = dict.fromkeys(r.row for r, _ in results), list(dict.fromkeys(r.column for r, _ in results))
+        table = [(f"{row} {name}".strip(), [(value(cell[row, c][1]), cell[row, c][0].paper.get(name))
+                                            for c in columns])
+                 for row in rows for name, value in measures]
+        return [Block(results[0][0].dataset, corner, columns, table)]
+    return blocks
+
+
+def _table2():
+    rows = (("PGD-AT", "hard"), ("PGD-AT+LS", "ls"), ("PGD-AT+TE", "te"), ("PGD-AT+SGLR", "sglr"))
+    runs = tuple(_run("cifar10", row, method="pgd-at", labels=labels, paper=paper.TABLE2["cifar10"][row])
+                 for row, labels in rows)
+    return Table("Table 2: PGD-AT with hard labels, label smoothing (r 0.2), temporal ensembling and SGLR",
+                 runs, ("clean", "pgd20", "autoattack"), ("best", "final"), _best_final_blocks(ACCURACY_METRICS))
+
+
+def _table3():
+    rows = (("AT", "pgd-at", "hard"), ("AT+SGLR", "pgd-at", "sglr"), ("TRADES", "trades", "hard"),
+            ("TRADES+SGLR", "trades", "sglr"))
+    runs = tuple(_run(ds, row, method=method, labels=labels, paper=paper.TABLE3[ds][row])
+                 for ds in ("cifar10", "cifar100") for row, method, labels in rows)
+    return Table("Table 3: PGD-AT and TRADES with and without SGLR", runs, ("clean", "pgd20", "autoattack"),
+                 ("best", "final"), _best_final_blocks(ACCURACY_METRICS))
+
+
+def _table4():
+    # At r = 0 the target is the one-hot label whatever T is: the three r = 0 cells share one run.
+    runs = tuple(_run("cifar10", f"T={t:g}", f"r={r:g}", method="pgd-at", labels="sglr", r=r,
+                      temperature=t if r else Config.temperature,
+                      paper={"SA": paper.TABLE4[t]["SA"][i], "RA": paper.TABLE4[t]["RA"][i]})
+                 for t in paper.TABLE4_T for i, r in enumerate(paper.TABLE4_R))
+    return Table("Table 4: SGLR ablation over the mixing weight r and the temperature T", runs, ("clean", "pgd20"),
+                 ("final",), _grid_blocks("T", (("SA", _final_acc("clean")), ("RA", _final_acc("pgd20")))),
+                 notes=("SA / RA: natural / PGD-20 accuracy of the final checkpoint (the paper does not say which "
+                        "checkpoint; its r 0.2, T 1.5 cell equals Table 2's best natural and final PGD-20).",))
+
+
+def _noise_gap(m: Measured) -> float:
+    """Final adversarial training accuracy (on the noisy training labels) minus final test PGD-20 accuracy."""
+    return m.history[-1]["train_adv_acc"] - _final_acc("pgd20")(m)
+
+
+def _noise():
+    runs = tuple(_run("cifar10", LABEL_NAMES[labels], f"{rate:.0%}", noise=rate, method="pgd-at", labels=labels,
+                      paper={"": paper.NOISE[labels].get(rate)})
+                 for labels in ("hard", "ls", "sglr") for rate in NOISE_RATES)
+    return Table("Table B.2: hard, soft (LS, r 0.2) and self-guided soft labels under symmetric label noise", runs,
+                 ("clean", "pgd20"), ("final",), _grid_blocks("labels / noise", (("", _noise_gap),)),
+                 notes=("Each cell: the final train - test robust accuracy gap (adversarial training accuracy on "
+                        "the noisy labels minus test PGD-20 accuracy), our reading of Table B.2, whose text speaks "
+                        "of the training and testing gap. The paper prints no 40% column.",))
+
+
+def _calibration():
+    rows = (("AT", "hard"), ("AT+SGLR", "sglr"))
+    runs = tuple(_run("cifar10", row, method="pgd-at", labels=labels, paper=paper.CALIBRATION["cifar10"][row])
+                 for row, labels in rows)
+    return Table("Table B.1: expected calibration error on white-box (PGD-10) and black-box (Square) examples",
+                 runs, ("pgd10", "square"), ("best", "final"), _best_final_blocks(ECE_METRICS, digits=2),
+                 notes=("ECE as a fraction (the paper's unit), 15 equal-width confidence bins.",))
+
+
+TABLES = {"table2": _table2, "table3": _table3, "table4": _table4, "noise": _noise, "calibration": _calibration}
+
+
+# ------------------------------------------------------------------------------------------------ data and runs
+
+def _data_for(table_runs, data) -> dict:
+    """The paper's data set -> the DataInfo standing for it (see the module docstring for the rule)."""
+    infos = [read_data_dir(d) for d in ([data] if isinstance(data, str) else data)]
+    by_name = {}
+    for info in infos:
+        if info.dataset in by_name:
+            raise UsageError(f"--data names two {info.dataset} directories ({by_name[info.dataset].root}, "
+                             f"{info.root}): pass one per data set")
+        by_name[info.dataset] = info
+    stand_ins = [i for i in infos if i.dataset not in PAPER_DATASETS]
+    chosen = {}
+    for dataset in dict.fromkeys(run.dataset for run in table_runs):
+        if dataset not in by_name and not stand_ins:
+            raise UsageError(f"this table needs {PAPER_DATASETS[dataset]}: pass --data with a directory from "
+                             f"`fastsglr prepare --dataset {dataset}` (or a digits one for a quick look)")
+        chosen[dataset] = by_name.get(dataset) or stand_ins[0]
+    return chosen
+
+
+def _with_noise(info, rate, out, root, log):
+    """The data directory with ``rate`` symmetric label noise on its training labels, prepared once under OUT."""
+    if not rate:
+        return info
+    path = os.path.join(out, "data", f"{info.dataset}-symmetric{rate:g}")
+    try:
+        noisy = read_data_dir(path)
+        if noisy.noise["rate"] == rate and noisy.noise["type"] == "symmetric":
+            return noisy
+    except UsageError:
+        pass
+    if info.dataset in PAPER_DATASETS and not root:
+        raise UsageError(f"reproduce noise writes noisy copies of {info.dataset}: pass --root, the folder with the raw "
+                         f"CIFAR files that `fastsglr prepare` read")
+    log(f"preparing {path}: {info.dataset} with {rate:.0%} symmetric label noise")
+    # The same seed as the clean directory: synthetic data is generated from it (CIFAR and digits ignore it).
+    prepare(info.dataset, path, root=root, label_noise=rate, noise_type="symmetric", seed=info.noise["seed"],
+            synthetic_train=info.counts["train"], synthetic_test=info.counts["test"], log=log)
+    return read_data_dir(path)
+
+
+def _base_config(info, *, epochs, eval_subset, device, engine) -> Config:
+    cfg = Config(data=info.root, device=device)
+    if info.dataset == "digits":
+        cfg = apply_preset(cfg, "demo")
+    # Both loaders yield the same batches; holding the split on the device spares worker processes.
+    cfg = dataclasses.replace(cfg, loader="device")
+    if engine:
+        cfg = dataclasses.replace(cfg, engine=engine)
+    if epochs:
+        cfg = dataclasses.replace(cfg, epochs=epochs)
+    if eval_subset:
+        cfg = dataclasses.replace(cfg, eval_subset=eval_subset)
+    return cfg
+
+
+def _run_config(base: Config, info, run: Run, out) -> Config:
+    """The run's config; its directory is named by what differs from the base, so equal runs share a directory."""
+    cfg = dataclasses.replace(base, **dict(run.overrides))
+    base_fields = base.to_dict()
+    extra = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(cfg.to_dict().items())
+             if k not in ("method", "labels") and v != base_fields[k]]
+    data_key = info.dataset + (f"-{info.noise['type']}{info.noise['rate']:g}" if info.noise["rate"] else "")
+    name = "_".join([cfg.method, cfg.labels, *extra])
+    return validate(dataclasses.replace(cfg, out=os.path.join(out, "runs", data_key, name)))
+
+
+def _check_same_run(cfg: Config):
+    with open(os.path.join(cfg.out, "config.json")) as f:
+        saved = json.load(f)
+    ours = cfg.to_dict()
+    differ = sorted(k for k in ours if k not in _NOT_THE_RUN and saved.get(k) != ours[k])
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)} there vs {ours[k]} now" for k in differ)
+        raise UsageError(f"{cfg.out} holds a run with other settings ({shown}): pass another --out")
+
+
+def _train_or_resume(cfg: Config, log):
+    """Skip a finished run, resume an interrupted one, start a new one."""
+    finished = all(os.path.isfile(os.path.join(cfg.out, f)) for f in ("summary.json", "best.pt", "final.pt"))
+    started = os.path.isfile(os.path.join(cfg.out, "last.pt"))
+    if finished or started:
+        _check_same_run(cfg)
+    if finished:
+        log(f"{cfg.out}: finished, skipped")
+        return
+    log(f"{cfg.out}: {'resuming' if started else 'training'}")
+    train(cfg, resume=started, overwrite=not started, log=log)
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _evaluate(cfg: Config, which, attacks, n, settings, checks, log) -> dict:
+    """A checkpoint's robustness report, cached in the run directory under the hash of what determines it (so
+    best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once)."""
+    path = os.path.join(cfg.out, f"{which}.pt")
+    request = {"checkpoint": sha256(path), "attacks": list(attacks), "n": n, "eps": cfg.eps, "checks": checks,
+               "settings": dataclasses.asdict(settings)}
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
+    cache = os.path.join(cfg.out, f"eval_{key}.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return json.load(f)
+    report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks,
+                                 device=cfg.device, settings=settings, log=log)
+    _write_json(cache, report)
+    return report
+
+
+def _history(run_dir) -> list:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+def _cell(measured, printed, digits) -> str:
+    if printed is None:
+        return f"{measured:.{digits}f} / –"
+    return f"{measured:.{digits}f} / {printed:.{digits}f} ({measured - printed:+.{digits}f})"
+
+
+def _heading(dataset, info) -> str:
+    name = PAPER_DATASETS[dataset]
+    return name if info.dataset == dataset else f"{name} (measured on {info.dataset})"
+
+
+def render(title, blocks, infos, notes) -> str:
+    """The markdown page: one table per block, then the notes."""
+    lines = [f"# {title}", "", "Each cell: measured / paper (measured - paper); – where the paper has no number.", ""]
+    for b in blocks:
+        lines += [f"## {_heading(b.dataset, infos[b.dataset])}", "", f"| {b.corner} | " + " | ".join(b.columns) + " |",
+                  "|---" * (len(b.columns) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(_cell(m, p, b.digits) for m, p in cells) + " |"
+                  for label, cells in b.rows]
+        lines.append("")
+    lines += ["Notes:", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, checks, results) -> list:
+    """What sets this reproduction apart from the paper's, said plainly next to the numbers."""
+    notes = list(table.notes)
+    for dataset, info in infos.items():
+        cfg = base_cfgs[dataset]
+        if info.dataset != dataset:
+            notes.append(f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model}, eps "
+                         f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: ResNet-18, 8/255, "
+                         f"{PAPER_EPOCHS} epochs).")
+    if epochs:
+        notes.append(f"Quick look: {epochs} training epochs per run (the paper: {PAPER_EPOCHS}).")
+    if eval_subset:
+        notes.append(f"Quick look: each checkpoint is evaluated on the first {eval_subset} test images, and best.pt "
+                     f"is chosen on a seeded subset of {eval_subset} (the paper: the whole test set).")
+    weaker = [f"{k} {v} (standard {getattr(STANDARD, k)})" for k, v in dataclasses.asdict(settings).items()
+              if v != getattr(STANDARD, k)]
+    if weaker:
+        notes.append("Attack settings differ from the standard ones: " + ", ".join(weaker) + ".")
+    if "best" in table.checkpoints:
+        notes.append("best: the checkpoint of the epoch with the highest per-epoch test PGD accuracy; "
+                     "diff = best - final.")
+    if not checks:
+        notes.append("Gradient-masking sanity checks were skipped.")
+    notes += [f"Sanity check failed (possible gradient masking), {run.dataset} {run.row} {run.column} {which}: "
+              f"{check['message']}" for run, m in results for which, report in m.evals.items()
+              for check in report["checks"] if not check["passed"]]
+    return notes
+
+
+def plot_noise_memorization(results, path):
+    """The paper's Fig. 4 per noise rate: adversarial training accuracy on the untouched portion (labels kept) and
+    the share of the corrupted portion whose corrupted label is predicted (memorised), per label strategy."""
+    rates = sorted({run.noise for run, _ in results if run.noise})
+    fig, axes = plt.subplots(2, len(rates), figsize=(4.2 * len(rates), 6.6), squeeze=False)
+    for col, rate in enumerate(rates):
+        for i, (run, m) in enumerate((r, m) for r, m in results if r.noise == rate):
+            epochs = [row["epoch"] for row in m.history]
+            for ax, key in zip(axes[:, col], ("train_adv_acc_untouched", "train_adv_memorized_corrupted")):
+                ax.plot(epochs, [row[key] for row in m.history], color=f"C{i}", label=run.row)
+        axes[0, col].set_title(f"{rate:.0%} noise: untouched portion")
+        axes[1, col].set_title(f"{rate:.0%} noise: corrupted portion")
+    for row, ylabel in enumerate(("adversarial accuracy (%)", "predicts the corrupted label (%)")):
+        for ax in axes[row]:
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figures(name, results, out) -> list:
+    """The learning and gradient-norm curves of the table's runs on one page (each run once), and Fig. 4 for noise."""
+    histories, seen = {}, set()
+    for run, m in results:
+        if m.run_dir not in seen:
+            seen.add(m.run_dir)
+            histories[" ".join(filter(None, (run.row, run.column)))] = m.history
+    paths = [os.path.join(out, f"{name}_curves.png")]
+    plot_curves(histories, paths[0])
+    if name == "noise":
+        paths.append(os.path.join(out, "noise_fig4.png"))
+        plot_noise_memorization(results, paths[1])
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, settings=STANDARD, checks=True,
+              device=None, engine=None, log=print) -> dict:
+    """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
+    the figures; returns the JSON content with the markdown under "markdown". ``engine`` None: the config's
+    default for the device."""
+    if table not in TABLES:
+        raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
+    for flag, value in (("epochs", epochs), ("eval-subset", eval_subset)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
+    spec = TABLES[table]()
+    device = resolve_device(device).type
+    infos = _data_for(spec.runs, data)
+    base_cfgs = {ds: _base_config(info, epochs=epochs, eval_subset=eval_subset, device=device, engine=engine)
+                 for ds, info in infos.items()}
+    os.makedirs(out, exist_ok=True)
+    results = []
+    for run in spec.runs:
+        info = _with_noise(infos[run.dataset], run.noise, out, root, log)
+        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out)
+        _train_or_resume(cfg, log)
+        evals = {which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log)
+                 for which in spec.checkpoints}
+        results.append((run, Measured(cfg.out, _history(cfg.out), evals)))
+
+    blocks = spec.blocks(results)
+    notes = _notes(spec, infos, base_cfgs, epochs=epochs, eval_subset=eval_subset, settings=settings, checks=checks,
+                   results=results)
+    markdown = render(spec.title, blocks, infos, notes)
+    with open(os.path.join(out, f"{table}.md"), "w") as f:
+        f.write(markdown)
+    report = {
+        "table": table, "title": spec.title, "notes": notes, "figures": _figures(table, results, out),
+        "blocks": [{"dataset": b.dataset, "heading": _heading(b.dataset, infos[b.dataset]), "columns": b.columns,
+                    "rows": [{"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
+                             for label, cells in b.rows]} for b in blocks],
+        "runs": [{"dataset": run.dataset, "row": run.row, "column": run.column, "noise": run.noise,
+                  "run_dir": m.run_dir} for run, m in results],
+    }
+    _write_json(os.path.join(out, f"{table}.json"), report)
+    log("\n" + markdown)
+    log(f"wrote {os.path.join(out, table + '.md')} and {', '.join(report['figures'])}")
+    return {**report, "markdown": markdown}

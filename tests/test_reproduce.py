@@ -1,0 +1,152 @@
+"""`fastsglr reproduce` with digits standing in for CIFAR-10: table2's grid trains, the rendered table puts the
+paper's numbers beside the measured ones, a second call resumes instead of retraining, runs are shared between
+tables, and the paper's numbers are transcribed consistently."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+import fastsglr.reproduce as reproduce_module
+from fastsglr import load_model, paper_numbers
+from fastsglr.data.datadir import read_data_dir
+from fastsglr.errors import UsageError
+from fastsglr.reproduce import TABLES, Measured, Run, plot_noise_memorization, reproduce
+from fastsglr.robustness import AttackSettings, load_test_images
+
+SMALL = AttackSettings(apgd_steps=10, fab_steps=10, square_queries=100, check_images=64)
+QUICK = dict(epochs=2, eval_subset=64, settings=SMALL, device="cpu", log=lambda *_: None)
+CELL = re.compile(r"^(-?\d+\.\d) / (-?\d+\.\d) \(([+-]\d+\.\d)\)$")
+
+
+@pytest.fixture(scope="module")
+def table2(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, reproduce("table2", digits_dir, str(out), **QUICK)
+
+
+def _rows(markdown):
+    """Row label -> cell strings of the rendered markdown table."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| PGD-AT"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
+    out, report = table2
+    markdown = (out / "table2.md").read_text()
+    assert markdown == report["markdown"]
+    rows = _rows(markdown)
+    assert list(rows) == ["PGD-AT", "PGD-AT+LS", "PGD-AT+TE", "PGD-AT+SGLR"]
+    for label, cells in rows.items():
+        numbers = paper_numbers.TABLE2["cifar10"][label]
+        printed = [v for metric in ("natural", "pgd20", "autoattack") for v in numbers[metric]]
+        assert len(cells) == 9
+        for cell, paper_value in zip(cells, printed):
+            measured, shown_paper, diff = CELL.match(cell).groups()
+            assert float(shown_paper) == paper_value
+            assert float(diff) == pytest.approx(float(measured) - paper_value, abs=0.11)
+
+    # The measured natural accuracy is the final model's on the first 64 test images, recomputed here.
+    images, labels, _ = load_test_images(digits_dir, 64, "cpu")
+    for run in report["runs"]:
+        model = load_model(os.path.join(run["run_dir"], "final.pt"))
+        with torch.no_grad():
+            acc = 100.0 * (model(images).argmax(1) == labels).double().mean().item()
+        natural_final = float(rows[run["row"]][1].split(" / ")[0])
+        assert natural_final == pytest.approx(acc, abs=0.05)
+        config = json.loads(open(os.path.join(run["run_dir"], "config.json")).read())
+        assert config["epochs"] == 2 and config["model"] == "smallcnn" and config["eps"] == pytest.approx(32 / 255)
+    assert [json.load(open(os.path.join(r["run_dir"], "config.json")))["labels"] for r in report["runs"]] == \
+        ["hard", "ls", "te", "sglr"]
+
+    # AutoAttack is at least as strong as PGD-20, in every measured cell.
+    for block in report["blocks"]:
+        for row in block["rows"]:
+            pgd_best, pgd_final, aa_best, aa_final = (row["measured"][i] for i in (3, 4, 6, 7))
+            assert aa_best <= pgd_best and aa_final <= pgd_final
+
+    assert "CIFAR-10 (measured on digits)" in markdown
+    for says in ("digits stands in for CIFAR-10", "2 training epochs", "first 64 test images", "apgd_steps 10"):
+        assert says in markdown
+    assert os.path.getsize(out / "table2_curves.png") > 0
+    assert json.loads((out / "table2.json").read_text())["blocks"] == report["blocks"]
+
+
+def test_second_call_resumes_where_it_stopped(table2, digits_dir, monkeypatch):
+    out, first = table2
+    interrupted = first["runs"][0]["run_dir"]
+    for name in ("final.pt", "summary.json"):  # as if killed after the last epoch's checkpoint
+        os.remove(os.path.join(interrupted, name))
+    calls = []
+    real_train = reproduce_module.train
+
+    def recording_train(cfg, **kwargs):
+        calls.append((cfg.out, kwargs["resume"]))
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "train", recording_train)
+    again = reproduce("table2", digits_dir, str(out), **QUICK)
+    assert calls == [(interrupted, True)]
+    assert again["markdown"] == first["markdown"]
+
+
+def test_a_changed_setting_is_refused_not_mixed_in(table2, digits_dir):
+    out, _ = table2
+    with pytest.raises(UsageError, match="holds a run with other settings .*epochs 2 there vs 3 now"):
+        reproduce("table2", digits_dir, str(out), **{**QUICK, "epochs": 3})
+
+
+def test_grids_share_equal_runs(digits_dir, tmp_path):
+    info = read_data_dir(digits_dir)
+    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
+
+    def run_dirs(table):
+        return [reproduce_module._run_config(base, info, run, str(tmp_path)).out for run in TABLES[table]().runs]
+
+    table4 = run_dirs("table4")
+    assert len(table4) == 15 and len(set(table4)) == 13  # the three r = 0 cells are one run
+    assert run_dirs("table2")[3] in table4                # SGLR at r 0.2, T 1.5 is Table 4's cell
+    assert run_dirs("table3")[:2] == run_dirs("table2")[::3]  # AT and AT+SGLR on the stand-in
+    noise = TABLES["noise"]().runs
+    assert sorted({run.noise for run in noise}) == [0.0, 0.2, 0.4, 0.6, 0.8] and len(noise) == 15
+
+
+def test_two_directories_of_one_data_set_are_refused(digits_dir, noisy_digits_dir, tmp_path):
+    with pytest.raises(UsageError, match="two digits directories"):
+        reproduce("table2", [digits_dir, noisy_digits_dir], str(tmp_path), **QUICK)
+
+
+def test_noise_figure_shows_both_portions(tmp_path):
+    history = [{"epoch": e, "train_adv_acc_untouched": 30.0 + e, "train_adv_memorized_corrupted": 5.0 + e}
+               for e in (1, 2, 3)]
+    results = [(Run("cifar10", labels, f"{rate:.0%}", noise=rate), Measured("", history, {}))
+               for labels in ("Hard Label", "Self-Guided Soft Label") for rate in (0.0, 0.4)]
+    path = tmp_path / "fig4.png"
+    plot_noise_memorization(results, str(path))
+    assert path.stat().st_size > 0
+
+
+def test_paper_numbers_are_consistent():
+    """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and the facts gathered
+    in REFERENCE.md agree with the transcription."""
+    for table, by_dataset in (("table2", paper_numbers.TABLE2), ("table3", paper_numbers.TABLE3),
+                              ("calibration", paper_numbers.CALIBRATION)):
+        for dataset, rows in by_dataset.items():
+            for row, metrics in rows.items():
+                for metric, (best, final, diff) in metrics.items():
+                    consistent = abs(best - final - diff) <= 0.11
+                    misprint = (table, dataset, row, metric) in paper_numbers.PRINTED_DIFF_MISMATCHES
+                    assert consistent != misprint, (table, dataset, row, metric)
+    c10 = paper_numbers.TABLE3["cifar10"]
+    assert c10["AT"]["pgd20"][:2] == (50.7, 41.4) and c10["AT+SGLR"]["autoattack"][:2] == (51.2, 50.2)
+    assert c10["TRADES+SGLR"]["pgd20"][:2] == (55.8, 55.4)
+    assert paper_numbers.TABLE3["cifar100"]["AT+SGLR"]["pgd20"][:2] == (34.5, 34.3)
+    assert paper_numbers.TABLE2["cifar10"]["PGD-AT+LS"]["pgd20"][:2] == (53.7, 48.9)
+    robust = {(t, r): paper_numbers.TABLE4[t]["RA"][i] for t in paper_numbers.TABLE4_T
+              for i, r in enumerate(paper_numbers.TABLE4_R)}
+    assert max(robust, key=robust.get) == (1.5, 0.2)  # "best robust accuracy at r = 0.2, T = 1.5"
