@@ -108,7 +108,12 @@ def _run_train(args):
     if getattr(args, "resume", None):
         from .checkpoint import resume_config
 
-        cfg = resume_config(args.resume)
+        # The run directory may have moved since it was written: it is wherever --resume points now.
+        cfg = dataclasses.replace(resume_config(args.resume), out=args.resume)
+        for _, field, _, _ in _TRAIN_FLAGS:
+            if hasattr(args, field) and getattr(args, field) != getattr(cfg, field):
+                raise UsageError(f"--{field.replace('_', '-')} {getattr(args, field)} conflicts with the run being "
+                                 f"resumed ({getattr(cfg, field)}): drop the flag, or start a new run with --out")
     else:
         cfg = config_from_args(args)
     train(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))

@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_resume_state, save_checkpoint
 from .config import Config
 from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels
@@ -21,7 +21,8 @@ from .metrics import BestFinalTracker, TrainMeter
 from .models import build_model
 from .optim import build_optimizer, lr_at
 
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "final.pt", "summary.json", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
+             "curves.png")
 
 
 def _write_json(path, obj, lines=False):
@@ -84,7 +85,7 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}}
 
     if resume:
-        saved = load_checkpoint(os.path.join(cfg.out, "last.pt"), map_location=device)
+        saved = load_resume_state(cfg.out, map_location=device, log=log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         strategy.load_state_dict(saved["strategy"])
@@ -126,9 +127,10 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
                "train_images_per_second": train_loader.num_samples / train_seconds}
         tracker.add(row)
         checkpoint = state(epoch + 1)
-        save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint)
+        # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
         if tracker.is_best_last:
             save_checkpoint(os.path.join(cfg.out, "best.pt"), checkpoint)
+        save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint, keep_previous=True)
         _write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True)
         log(_format_row(row))
 

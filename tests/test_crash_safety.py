@@ -1,0 +1,101 @@
+"""Crash safety: checkpoints carry a checksum and a format version; a damaged last.pt falls back to the previous
+good one; a run killed with SIGKILL at random moments resumes to the same result as a run never killed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fastsglr.checkpoint import load_checkpoint, load_resume_state, previous_path, save_checkpoint
+from fastsglr.cli import main
+from fastsglr.errors import UsageError
+
+TIMING = ("train_seconds", "epoch_seconds", "train_images_per_second")
+
+
+def test_damaged_checkpoints_are_named(tmp_path):
+    path = str(tmp_path / "c.pt")
+    save_checkpoint(path, {"w": torch.randn(1000)})
+    data = open(path, "rb").read()
+    cases = {
+        "truncated": data[:-100],
+        "flipped": data[:-50] + bytes([data[-50] ^ 0xFF]) + data[-49:],
+    }
+    for name, damaged in cases.items():
+        open(path, "wb").write(damaged)
+        with pytest.raises(UsageError, match="corrupt or truncated"):
+            load_checkpoint(path)
+    torch.save({"w": 1}, path)  # a plain torch file: not ours
+    with pytest.raises(UsageError, match="not a fastsglr checkpoint"):
+        load_checkpoint(path)
+    open(path, "wb").write(data.replace(b"CHECKPOINT 2 ", b"CHECKPOINT 9 ", 1))
+    with pytest.raises(UsageError, match="has format 9"):
+        load_checkpoint(path)
+
+
+def test_resume_falls_back_to_previous_good_checkpoint(tmp_path):
+    last = str(tmp_path / "last.pt")
+    first, second = torch.randn(20), torch.randn(20)
+    save_checkpoint(last, {"epoch": 1, "w": first}, keep_previous=True)
+    save_checkpoint(last, {"epoch": 2, "w": second}, keep_previous=True)
+    assert load_checkpoint(previous_path(last))["epoch"] == 1
+    assert load_resume_state(str(tmp_path), log=lambda *_: None)["epoch"] == 2
+    with open(last, "r+b") as f:  # damage last.pt after it was written
+        f.seek(-10, os.SEEK_END)
+        f.write(b"0123456789")
+    warnings = []
+    state = load_resume_state(str(tmp_path), log=warnings.append)
+    assert state["epoch"] == 1 and torch.equal(state["w"], first)
+    assert "corrupt" in warnings[0] and "last.prev.pt" in warnings[0]
+
+
+def test_resume_with_conflicting_flag_is_refused(digits_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--data", digits_dir, "--out", out, "--preset", "demo", "--epochs", "1", "--eval-subset", "50"]
+    assert main(args) == 0
+    assert main(["train", "--resume", out, "--epochs", "5"]) == 2
+    assert "conflicts with the run being resumed" in capsys.readouterr().err
+
+
+def _rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def _command(data, out, *extra):
+    return [sys.executable, "-m", "fastsglr", "train", "--data", data, "--out", out, "--preset", "demo",
+            "--labels", "sglr", "--epochs", "3", "--eval-subset", "60", "--device", "cpu", "--loader", "device",
+            *extra]
+
+
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = str(tmp_path / "whole")
+    start = time.perf_counter()
+    subprocess.run(_command(digits_dir, whole), check=True, env=env, capture_output=True)
+    duration = time.perf_counter() - start
+
+    rng = np.random.default_rng()  # fresh kill points every run
+    for i, fraction in enumerate(rng.uniform(0.3, 0.95, size=3)):
+        out = str(tmp_path / f"killed{i}")
+        proc = subprocess.Popen(_command(digits_dir, out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=fraction * duration)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        while not os.path.exists(os.path.join(out, "final.pt")):
+            has_checkpoint = any(os.path.exists(os.path.join(out, f)) for f in ("last.pt", "last.prev.pt"))
+            cmd = [sys.executable, "-m", "fastsglr", "train", "--resume", out] if has_checkpoint else \
+                _command(digits_dir, out, "--overwrite")
+            subprocess.run(cmd, check=True, env=env, capture_output=True)
+        assert _rows(out) == _rows(whole), f"killed at {fraction:.2f} of the run"
+        a, b = load_checkpoint(os.path.join(whole, "final.pt")), load_checkpoint(os.path.join(out, "final.pt"))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
