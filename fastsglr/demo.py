@@ -5,6 +5,7 @@ perturbation to matter at this resolution). Prints each run's per-epoch table an
 """
 import argparse
 import dataclasses
+import json
 import os
 
 from .config import Config, apply_preset, validate
@@ -34,15 +35,13 @@ def main(argv=None):
         cfg = validate(dataclasses.replace(base, labels=labels, out=os.path.join(args.out, labels)))
         print(f"\n== {name}: {cfg.model} on digits, eps {cfg.eps:.4f}, {cfg.epochs} epochs ==")
         summaries[name] = train(cfg, overwrite=True)
-        histories[name] = [row for row in _read_history(cfg.out)]
+        histories[name] = _read_history(cfg.out)
     print("\n" + summary_table(summaries))
     plot_curves(histories, os.path.join(args.out, "curves.png"))
     print(f"\ncurves of both runs: {os.path.join(args.out, 'curves.png')}")
 
 
 def _read_history(run_dir):
-    import json
-
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
 
