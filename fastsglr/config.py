@@ -5,7 +5,7 @@ defaults (which are the paper's settings), and explicit flags override the prese
 """
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .errors import UsageError
 

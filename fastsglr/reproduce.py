@@ -27,6 +27,7 @@ from .config import Config, apply_preset, validate
 from .data.datadir import read_data_dir, sha256
 from .data.prepare import prepare
 from .errors import UsageError
+from .files import write_json
 from .report import plot_curves
 from .robustness import STANDARD, evaluate_checkpoint, resolve_device
 from .trainer import train
@@ -282,13 +283,6 @@ def _train_or_resume(cfg: Config, log):
     train(cfg, resume=started, overwrite=not started, log=log)
 
 
-def _write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _evaluate(cfg: Config, which, attacks, n, settings, checks, log) -> dict:
     """A checkpoint's robustness report, cached in the run directory under the hash of what determines it (so
     best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once)."""
@@ -302,7 +296,7 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log) -> dict:
             return json.load(f)
     report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks,
                                  device=cfg.device, settings=settings, log=log)
-    _write_json(cache, report)
+    write_json(cache, report)
     return report
 
 
@@ -445,7 +439,7 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
         "runs": [{"dataset": run.dataset, "row": run.row, "column": run.column, "noise": run.noise,
                   "run_dir": m.run_dir} for run, m in results],
     }
-    _write_json(os.path.join(out, f"{table}.json"), report)
+    write_json(os.path.join(out, f"{table}.json"), report)
     log("\n" + markdown)
     log(f"wrote {os.path.join(out, table + '.md')} and {', '.join(report['figures'])}")
     return {**report, "markdown": markdown}

@@ -22,7 +22,6 @@ APGD-CE, APGD-T, FAB-T). A comparison passes within one image or half a point, w
 printed as a warning of possible gradient masking and recorded in the report.
 """
 import dataclasses
-import json
 import os
 import re
 import time
@@ -37,6 +36,7 @@ from .checkpoint import load_checkpoint, load_model
 from .data.datadir import read_data_dir, sha256
 from .data.loaders import DeviceLoader
 from .errors import UsageError
+from .files import write_json
 from .metrics import CalibrationMeter
 
 ATTACKS = ("clean", "pgd20", "cw", "autoattack", "square", "transfer")
@@ -343,9 +343,6 @@ def run_eval(checkpoint, *, out=None, log=print, **options) -> dict:
         report = evaluate_checkpoint(checkpoint, log=log, **options)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        tmp = f"{out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, out)
+        write_json(out, report)
         log(f"wrote {out}")
     return report

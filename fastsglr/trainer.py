@@ -16,6 +16,7 @@ from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels
 from .engine import build_engine
 from .errors import TrainingError, UsageError
+from .files import write_json
 from .labels import build_label_strategy
 from .metrics import BestFinalTracker, TrainMeter
 from .models import build_model
@@ -23,16 +24,6 @@ from .optim import build_optimizer, lr_at
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
              "curves.png")
-
-
-def _write_json(path, obj, lines=False):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        if lines:
-            f.writelines(json.dumps(row) + "\n" for row in obj)
-        else:
-            json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _open_run_dir(cfg: Config, resume: bool, overwrite: bool):
@@ -48,7 +39,7 @@ def _open_run_dir(cfg: Config, resume: bool, overwrite: bool):
         raise UsageError(f"cannot create {cfg.out} ({exc.strerror}): choose another --out") from None
     for f in taken:
         os.remove(os.path.join(cfg.out, f))
-    _write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+    write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
 
 
 def _format_row(row):
@@ -131,12 +122,12 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
         if tracker.is_best_last:
             save_checkpoint(os.path.join(cfg.out, "best.pt"), checkpoint)
         save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint, keep_previous=True)
-        _write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True)
+        write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True)
         log(_format_row(row))
 
     save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
     summary = tracker.summary()
-    _write_json(os.path.join(cfg.out, "summary.json"), summary)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     from .report import plot_curves
 
     plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history}, os.path.join(cfg.out, "curves.png"))

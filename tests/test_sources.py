@@ -4,7 +4,6 @@ import hashlib
 import pickle
 import shutil
 import socket
-import tarfile
 import urllib.error
 from pathlib import Path
 

@@ -48,13 +48,6 @@ class DataInfo:
         return os.path.join(self.root, f"{split}.beton")
 
 
-def write_meta(root, meta: dict):
-    tmp = os.path.join(root, "meta.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(root, "meta.json"))
-
-
 def read_data_dir(root) -> DataInfo:
     """Read and check a data directory; every problem is a one-line UsageError saying how to fix it."""
     meta_path = os.path.join(root, "meta.json")

@@ -5,7 +5,8 @@ import numpy as np
 
 from ..errors import UsageError
 from .beton import write_beton
-from .datadir import sha256, write_meta
+from ..files import write_json
+from .datadir import sha256
 from .noise import corrupt_labels
 from .sources import channel_stats, load_raw
 
@@ -43,5 +44,5 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
         "checksums": {**{f"{s}.beton": sha256(os.path.join(out, f"{s}.beton")) for s in ("train", "test")},
                       **raw.source_files},
     }
-    write_meta(out, meta)
+    write_json(os.path.join(out, "meta.json"), meta)
     return meta
