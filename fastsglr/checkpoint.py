@@ -13,8 +13,9 @@ import torch
 
 from .config import Config
 from .errors import UsageError
+from .files import atomic_file, resume_fix
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: "step" (a mid-epoch last.pt after SIGINT/SIGTERM), "world_size" and per-rank "ranks"
 MAGIC = b"FASTSGLR-CHECKPOINT"
 
 
@@ -28,15 +29,11 @@ def save_checkpoint(path, state: dict, keep_previous=False):
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = b"%s %d %s\n" % (MAGIC, FORMAT_VERSION, hashlib.sha256(payload).hexdigest().encode())
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    # Only training writes checkpoints, so a full disk is fixed by resuming the run from its last good one.
+    with atomic_file(path, "wb", fix=resume_fix(os.path.dirname(path) or "."),
+                     previous=previous_path(path) if keep_previous else None) as f:
         f.write(header)
         f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and os.path.exists(path):
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -56,33 +53,98 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
 
 
-def load_resume_state(run_dir, map_location="cpu", log=print) -> dict:
-    """``last.pt``, or ``last.prev.pt`` when ``last.pt`` is damaged or was lost between the two renames."""
+def load_resume_state(run_dir, world=None, map_location="cpu", log=print) -> dict:
+    """``last.pt``, or ``last.prev.pt`` when ``last.pt`` is damaged or was lost between the two renames.
+
+    A mid-epoch ``last.pt`` (written on SIGINT/SIGTERM) holds each rank's position, so only as many ranks as wrote
+    it (``world``: a ``distributed.World``; None is one process) can go on from it; with another number, or with
+    torchrun where there was none or the other way round, the epoch restarts from ``last.prev.pt``, its start.
+    """
     last = os.path.join(run_dir, "last.pt")
+    prev = previous_path(last)
     try:
-        return load_checkpoint(last, map_location)
+        state = load_checkpoint(last, map_location)
     except UsageError as exc:
-        prev = previous_path(last)
         if not os.path.isfile(prev):
             raise
         log(f"warning: {exc}; resuming from the previous good checkpoint {prev}")
         return load_checkpoint(prev, map_location)
+    written_by, size = state.get("world_size", 1), 1 if world is None else world.size
+    if not state.get("step") or (written_by, state.get("torchrun", False)) == (size, world is not None and
+                                                                               world.launched):
+        return state
+    start = load_checkpoint(prev, map_location) if os.path.isfile(prev) else {}
+    if start.get("step", 1) != 0 or start.get("epoch") != state["epoch"]:
+        raise UsageError(f"{last} was written mid-epoch by {written_by} ranks and the epoch's start is gone: "
+                         f"resume with {written_by} ranks")
+    log(f"{last} was written mid-epoch by {written_by} ranks; with {size}, epoch {state['epoch'] + 1} "
+        f"restarts from its start ({prev})")
+    return start
 
 
 def resume_config(run_dir) -> Config:
-    """The config of a run to resume, read from its config.json."""
+    """The config of a run to resume: its config.json, or, when that was lost, the copy inside last.pt."""
     path = os.path.join(run_dir, "config.json")
     if not any(os.path.isfile(os.path.join(run_dir, f)) for f in ("last.pt", "last.prev.pt")):
         raise UsageError(f"{run_dir} has no last.pt to resume from: start a new run with --out {run_dir}")
+    if not os.path.isfile(path):
+        return Config.from_dict(load_resume_state(run_dir, log=lambda *_: None)["config"])
     with open(path) as f:
         return Config.from_dict(json.load(f))
 
 
 def load_model(path, device="cpu"):
     """The trained model of a checkpoint (best.pt, final.pt or last.pt), in eval mode, taking [0, 1] inputs."""
+    return model_from_state(load_checkpoint(path, map_location=device), device)
+
+
+def model_from_state(state, device="cpu"):
+    """The trained model of a loaded checkpoint state, in eval mode, taking [0, 1] inputs."""
     from .models import build_model
 
-    state = load_checkpoint(path, map_location=device)
     model = build_model(**state["model_spec"]).to(device)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def _training_dataset(state):
+    """The name of the data set a checkpoint was trained on: recorded in the state, or else read from the meta.json
+    of the training data directory its config names; None when neither is at hand (the data moved)."""
+    if "dataset" in state:
+        return state["dataset"]
+    try:
+        with open(os.path.join(state["config"]["data"], "meta.json")) as f:
+            return json.load(f)["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _images(classes, channels, size) -> str:
+    return f"{classes} classes of {channels}x{size}x{size} images"
+
+
+def check_checkpoint_fits_data(state, info, path, fix=None):
+    """Refuse, before any work, a checkpoint whose model cannot take the data directory's images and labels, or
+    that was trained on another data set (same shapes, other classes: its accuracy there would mean nothing).
+    ``fix`` replaces the default advice (pass --data with the checkpoint's data, or another checkpoint)."""
+    spec, trained_on = state["model_spec"], _training_dataset(state)
+    built = (spec["num_classes"], spec["in_channels"], spec["image_size"])
+    holds = (info.num_classes, info.in_channels, info.image_size)
+    if built == holds and trained_on in (None, info.dataset):
+        return
+    fix = fix or f"pass --data with the data the checkpoint was trained on, or a checkpoint trained on {info.dataset}"
+    raise UsageError(f"checkpoint {path} was trained on {trained_on or 'other data'} ({_images(*built)}) but "
+                     f"{info.root} holds {info.dataset} ({_images(*holds)}): {fix}")
+
+
+def estimate_run_bytes(model_name) -> int:
+    """About what a training run writes: four checkpoints (last, last.prev, best, final), each holding the weights
+    and SGD's momentum (as large again) in float32; a quarter more covers the per-sample label table (CIFAR-100:
+    20 MB per checkpoint), metrics and curves. The count is taken at CIFAR's shape: every model ends in a global
+    pool, so the data changes it only through the last layer."""
+    from .models import build_model
+
+    with torch.device("meta"):  # counts parameters without allocating them
+        model = build_model(model_name)
+    floats = sum(t.numel() for t in model.state_dict().values()) + sum(p.numel() for p in model.parameters())
+    return int(4 * 4 * floats * 1.25)

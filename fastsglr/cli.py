@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from . import config as C
-from .errors import TrainingError, UsageError
+from .errors import Interrupted, TrainingError, UsageError
 
 
 def _add_prepare(sub):
@@ -68,6 +68,8 @@ _TRAIN_FLAGS = [
     ("--engine", "engine", str, "fast (compiled; CUDA: channels-last, CUDA graph) | reference (eager fp32); "
                                 "default: fast on CUDA, reference on CPU"),
     ("--precision", "precision", str, "fast engine: fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)"),
+    ("--sync-bn", "sync_bn", bool, "torchrun: SyncBatchNorm over the global batch (CUDA only) instead of per-rank "
+                                   "BatchNorm"),
     ("--seed", "seed", int, "seed of initialisation, attacks, order and augmentation"),
     ("--out", "out", str, "the run directory to write"),
 ]
@@ -82,7 +84,10 @@ def _add_train(sub):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     for flag, _, typ, text in _TRAIN_FLAGS:
-        p.add_argument(flag, type=typ, help=text)
+        if typ is bool:
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, type=typ, help=text)
     p.set_defaults(run=_run_train)
 
 
@@ -189,8 +194,16 @@ def _not_yet(name):
     raise UsageError(f"`fastsglr {name}` is not yet available in this version")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown choice or flag, a missing argument) as one-line UsageErrors, like every
+    other bad input, instead of its usage text followed by the error."""
+
+    def error(self, message):
+        raise UsageError(f"{message}: see `{self.prog} --help`")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fastsglr", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fastsglr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train(sub)
@@ -206,6 +219,9 @@ def main(argv=None) -> int:
         return args.run(args)
     except (UsageError, TrainingError) as exc:
         print(f"fastsglr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"fastsglr: {exc}", file=sys.stderr)
         return exc.exit_code
 
 

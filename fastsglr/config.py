@@ -65,6 +65,7 @@ class Config:
     device: str = "cpu"
     engine: str = ""                   # fast (compiled; CUDA: channels-last + CUDA graph) | reference; "" = by device
     precision: str = ""                # fp32 | bf16 | fp16 (fast engine); "" = by device
+    sync_bn: bool = False              # torchrun: SyncBatchNorm over the global batch (CUDA) instead of per-rank BN
     seed: int = 0
     out: str = ""
     preset: str = ""
@@ -150,6 +151,8 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"--precision {cfg.precision} needs the fast engine: add --engine fast")
     _check_choice("loader", cfg.loader, LOADERS)
     _check_choice("device", cfg.device, DEVICES)
+    if cfg.sync_bn and cfg.device != "cuda":
+        raise UsageError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel): drop --sync-bn")
     _check_range("eps", cfg.eps, 0, 1)
     _check_range("step_size", cfg.step_size, 0, 1)
     _check_range("attack_steps", cfg.attack_steps, 0, 10_000)

@@ -7,6 +7,14 @@ class UsageError(Exception):
     exit_code = 2
 
 
+class Interrupted(Exception):
+    """SIGINT / SIGTERM stopped a run after a step, with last.pt written. Exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class TrainingError(Exception):
     """A run that cannot go on (a non-finite loss); the last good checkpoint is kept. Exit code 1."""
 

@@ -45,6 +45,10 @@ class LabelStrategy(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Apply the host-side settings of ``epoch`` (0-based). Nothing to do by default."""
 
+    def sample_tables(self) -> list:
+        """The per-sample tables (N x K, indexed by ``index``) that ranks keep in sync under torchrun."""
+        return []
+
     def loss(self, logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor,
              ce_on: str = "adv") -> Tensor:
         """Scalar label loss of the logits named by ``ce_on``; updates per-sample tables in place."""
@@ -111,6 +115,9 @@ class TemporalEnsembling(LabelStrategy):
     def start_epoch(self, epoch: int) -> None:
         self.consistency_weight.fill_(self.weight_at(epoch))
 
+    def sample_tables(self) -> list:
+        return [self.ensemble]
+
     def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
         z = _ce_logits(logits_adv, logits_clean, ce_on).float()
         prob = torch.softmax(logits_clean.detach().float(), dim=1)
@@ -154,6 +161,9 @@ class SelfGuidedLabelRefinement(LabelStrategy):
 
     def start_epoch(self, epoch: int) -> None:
         self.refining = epoch >= self.warmup
+
+    def sample_tables(self) -> list:
+        return [self.table]
 
     def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
         z = _ce_logits(logits_adv, logits_clean, ce_on)

@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from .distributed import min_over_ranks_, sum_over_ranks_
+
 # The columns of TrainMeter's accumulator, in order.
 TRAIN_SUMS = (
     "loss", "count", "adv_correct", "clean_correct", "adv_correct_true", "clean_correct_true",
@@ -24,6 +26,11 @@ class TrainMeter:
         """Back to a fresh meter, in place (a captured CUDA graph keeps writing to the same tensors)."""
         self.sums.zero_()
         self.first_bad_step.fill_(NO_BAD_STEP)
+
+    def load_(self, other: "TrainMeter"):
+        """Take ``other``'s sums, in place (a resumed epoch goes on from its meter; a fresh one is a reset)."""
+        self.sums.copy_(other.sums)
+        self.first_bad_step.copy_(other.first_bad_step)
 
     def update(self, loss, logits_adv, logits_clean, labels, clean_labels, grad_norm, step):
         pred_adv, pred_clean = logits_adv.argmax(1), logits_clean.argmax(1)
@@ -50,8 +57,10 @@ class TrainMeter:
                                           self.first_bad_step)
 
     def read(self) -> dict:
-        """One host sync: the epoch's averages, accuracies in percent."""
-        s = dict(zip(TRAIN_SUMS, self.sums.tolist()))
+        """One host sync: the epoch's averages over every rank, accuracies in percent."""
+        sums = self.sums.clone()
+        sum_over_ranks_(sums)
+        s = dict(zip(TRAIN_SUMS, sums.tolist()))
         n, corrupted = max(s["count"], 1.0), s["corrupted"]
         pct = lambda a, b: 100.0 * a / b if b else float("nan")
         return {
@@ -67,7 +76,10 @@ class TrainMeter:
         }
 
     def first_nonfinite_step(self):
-        step = int(self.first_bad_step)
+        """The first step (on any rank) whose loss was not finite, or None."""
+        first = self.first_bad_step.clone()
+        min_over_ranks_(first)
+        step = int(first)
         return None if step == NO_BAD_STEP else step
 
 
@@ -101,11 +113,14 @@ class CalibrationMeter:
         self.correct.index_add_(0, b, (pred == labels).double())
 
     def read(self) -> dict:
-        n = float(self.count.sum())
+        """Accuracy and ECE over every rank's images."""
+        count, confidence, correct = (t.clone() for t in (self.count, self.confidence, self.correct))
+        sum_over_ranks_(count, confidence, correct)
+        n = float(count.sum())
         if n == 0:
             return {"acc": math.nan, "ece": math.nan}
-        ece = float((self.correct - self.confidence).abs().sum() / n)
-        return {"acc": 100.0 * float(self.correct.sum()) / n, "ece": 100.0 * ece}
+        ece = float((correct - confidence).abs().sum() / n)
+        return {"acc": 100.0 * float(correct.sum()) / n, "ece": 100.0 * ece}
 
 
 def evaluation_row(clean: CalibrationMeter, adv: CalibrationMeter) -> dict:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import pgd, trades_attack
+from .distributed import unwrap
 from .errors import UsageError
 
 
@@ -23,18 +24,20 @@ def _pgd_at(model, x, labels, index, strategy, cfg):
     3. The adversarial forward in train mode, with grad.
     4. If the strategy needs them (SGLR after warm-up): a no-grad clean forward in TRAIN mode, AFTER the adversarial
        one, as in the authors' released SGLS code, so BN running statistics see the clean batch last.
+    Under DDP only the forward with grad (3) goes through the DDP wrapper; the others run on the module inside it.
     """
+    inner = unwrap(model)
     if not strategy.needs_clean_logits:
         model.eval()
         with torch.no_grad():
-            logits_clean = model(x)
+            logits_clean = inner(x)
     model.train(cfg.attack_bn_mode == "train")
-    x_adv = pgd(model, x, labels, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+    x_adv = pgd(inner, x, labels, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
     model.train()
     logits_adv = model(x_adv)
     if strategy.needs_clean_logits:
         with torch.no_grad():
-            logits_clean = model(x)
+            logits_clean = inner(x)
     loss = strategy.loss(logits_adv, logits_clean.detach(), labels, index, ce_on="adv")
     return loss, logits_adv, logits_clean
 
@@ -47,7 +50,7 @@ def _trades(model, x, labels, index, strategy, cfg):
     feeds both here, so BN running statistics see the clean batch once instead of twice.
     """
     model.train(cfg.attack_bn_mode == "train")
-    x_adv = trades_attack(model, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+    x_adv = trades_attack(unwrap(model), x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
     model.train()
     logits_clean = model(x)
     logits_adv = model(x_adv)

@@ -1,7 +1,13 @@
 """`fastsglr train`: the epoch loop around an engine's iteration, evaluation, checkpoints and the run directory.
 
 A run directory holds config.json, metrics.jsonl (one row per epoch), last.pt (to resume), best.pt (highest test
-PGD-20 accuracy), final.pt, summary.json (best / final / diff) and curves.png.
+PGD-20 accuracy), final.pt, summary.json (best / final / diff) and curves.png. Under torchrun every rank runs this
+loop on its shard (``distributed.py``) and rank 0 alone writes the run directory.
+
+What makes a run resumable exactly: each epoch's randomness depends only on (seed, epoch, rank) (the global RNG is
+reseeded at the start of every epoch, the loaders derive order and augmentation from it too), so last.pt at an
+epoch's end needs no RNG state. SIGINT / SIGTERM stop the run after the current step and write a mid-epoch last.pt
+that also holds each rank's position: its RNG states, its metric sums and the rows of the label tables it touched.
 """
 import json
 import os
@@ -10,36 +16,45 @@ import time
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_resume_state, save_checkpoint
+from .checkpoint import estimate_run_bytes, load_resume_state, save_checkpoint
 from .config import Config
 from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels
+from .distributed import (barrier, broadcast_buffers_, check_ranks_agree, close_world, device_of, epoch_seed,
+                          init_world, per_rank_batch, sync_sample_tables)
 from .engine import build_engine
-from .errors import TrainingError, UsageError
-from .files import write_json
+from .errors import Interrupted, TrainingError, UsageError
+from .files import check_free_space, resume_fix, write_json
 from .labels import build_label_strategy
 from .metrics import BestFinalTracker, TrainMeter
 from .models import build_model
 from .optim import build_optimizer, lr_at
+from .stop import GracefulStop
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
              "curves.png")
 
 
-def _open_run_dir(cfg: Config, resume: bool, overwrite: bool):
+def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world):
+    """Every rank checks (so every rank fails alike on bad input); rank 0 writes; the others wait for it."""
     if resume:
         return
     taken = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out, f))]
     if taken and not overwrite:
         raise UsageError(f"{cfg.out} already holds a run ({taken[0]}): pass --overwrite to replace it, "
                          f"or --resume {cfg.out} to continue it")
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {cfg.out} ({exc.strerror}): choose another --out") from None
-    for f in taken:
-        os.remove(os.path.join(cfg.out, f))
-    write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+    # Up front: a disk that fills mid-run costs the epochs since the last checkpoint.
+    check_free_space(cfg.out, estimate_run_bytes(cfg.model), "a run")
+    barrier(world)  # every rank has looked before rank 0 writes
+    if world.is_main:
+        try:
+            os.makedirs(cfg.out, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {cfg.out} ({exc.strerror}): choose another --out") from None
+        for f in taken:
+            os.remove(os.path.join(cfg.out, f))
+        write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+    barrier(world)
 
 
 def _format_row(row):
@@ -49,86 +64,161 @@ def _format_row(row):
             f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s")
 
 
+def _gather(world, value):
+    """``value`` from every rank, in rank order (rank 0 writes them all into a mid-epoch checkpoint)."""
+    if not world.launched:
+        return [value]
+    values = [None] * world.size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
 def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the summary (best / final / diff)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    world = init_world(cfg.device)
+    try:
+        return _train(cfg, world, resume, overwrite, log if world.is_main else (lambda *_: None))
+    finally:
+        close_world(world)
+
+
+def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     info = read_data_dir(cfg.data)
-    _open_run_dir(cfg, resume, overwrite)
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    batch_size = per_rank_batch(world, cfg.batch_size)
+    if batch_size > -(-info.counts["train"] // world.size):  # the loaders drop the last partial batch: none left
+        raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
+                         f"choose a smaller batch size")
+    _open_run_dir(cfg, resume, overwrite, world)
+    device = device_of(world, cfg.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     model_spec = dict(name=cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                       image_size=info.image_size, mean=info.mean, std=info.std)
     model = build_model(**model_spec).to(device)
     strategy = build_label_strategy(cfg, read_labels(info, "train").to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
-    engine = build_engine(model, optimizer, strategy, cfg)
-    train_loader = make_loader(cfg.loader, info, "train", cfg.batch_size, device, train=True, seed=cfg.seed)
-    test_loader = make_loader(cfg.loader, info, "test", 2 * cfg.batch_size, device, train=False, seed=cfg.seed,
-                              indices=eval_subset_indices(info.counts["test"], cfg.eval_subset, cfg.seed))
-    tracker, start = BestFinalTracker(), 0
+    engine = build_engine(model, optimizer, strategy, cfg, world)
+    train_loader = make_loader(cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world)
+    test_loader = make_loader(cfg.loader, info, "test", 2 * batch_size, device, train=False, seed=cfg.seed,
+                              indices=eval_subset_indices(info.counts["test"], cfg.eval_subset, cfg.seed),
+                              world=world)
+    tables = strategy.sample_tables()
+    # Under torchrun, the rows of the label tables this rank updated since the last sync.
+    visited = torch.zeros(info.counts["train"], dtype=torch.bool, device=device) if world.launched else None
+    tracker, start_epoch, start_step, ranks = BestFinalTracker(), 0, 0, None
+    steps = len(train_loader)
 
-    def state(epoch):
-        return {"config": cfg.to_dict(), "model_spec": model_spec, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(), "history": tracker.history,
-                "rng": {"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}}
+    def state(epoch, step=0, ranks=None):
+        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset, "epoch": epoch, "step": step,
+                "world_size": world.size, "torchrun": world.launched, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "strategy": strategy.state_dict(), "history": tracker.history, "ranks": ranks}
 
     if resume:
-        saved = load_resume_state(cfg.out, map_location=device, log=log)
+        saved = load_resume_state(cfg.out, world, map_location=device, log=log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         strategy.load_state_dict(saved["strategy"])
-        tracker, start = BestFinalTracker(saved["history"]), saved["epoch"]
-        torch.set_rng_state(saved["rng"]["cpu"])
-        if saved["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        log(f"resuming {cfg.out} after epoch {start}")
-    else:
-        log("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+        tracker, start_epoch, start_step = BestFinalTracker(saved["history"]), saved["epoch"], saved["step"]
+        ranks = saved["ranks"]
 
-    steps = len(train_loader)
-    if steps == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
-                         f"choose a smaller batch size")
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        strategy.start_epoch(epoch)
-        train_loader.set_epoch(epoch)
-        meter = TrainMeter(device)
-        model.train()
-        bar = tqdm(train_loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None)
-        for step, batch in enumerate(bar):
-            lr = lr_at(cfg, epoch, step, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            engine.step(batch, meter, step)
-        bad = meter.first_nonfinite_step()
-        if bad is not None:
-            raise TrainingError(f"the training loss became non-finite at epoch {epoch + 1}, step {bad + 1}: "
-                                f"last.pt keeps epoch {epoch}; lower --lr or check the data")
-        train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": lr, **meter.read(),
-               **engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
-                                 steps=cfg.eval_steps),
-               "eval_steps": cfg.eval_steps, "train_seconds": train_seconds,
-               "epoch_seconds": time.perf_counter() - t0,
-               "train_images_per_second": train_loader.num_samples / train_seconds}
-        tracker.add(row)
-        checkpoint = state(epoch + 1)
-        # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
-        if tracker.is_best_last:
-            save_checkpoint(os.path.join(cfg.out, "best.pt"), checkpoint)
-        save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint, keep_previous=True)
-        write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True)
-        log(_format_row(row))
+    # A mid-epoch last.pt must not push the epoch's start out of last.prev.pt: a resume with another number of
+    # ranks restarts the epoch from there.
+    last_is_epoch_end = not start_step
+    with GracefulStop(world, log) as stop:
+        if resume:
+            log(f"resuming {cfg.out} at epoch {start_epoch + 1}" + (f", step {start_step + 1}" if start_step else ""))
+        else:
+            log("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            meter, first_step = TrainMeter(device), 0
+            if epoch == start_epoch and start_step:  # go on from this rank's position in the saved epoch
+                mine, first_step = ranks[world.rank], start_step
+                torch.set_rng_state(mine["rng_cpu"])
+                if mine["rng_cuda"] is not None:
+                    torch.cuda.set_rng_state(mine["rng_cuda"])
+                for name, buffer in model.named_buffers():  # this rank's BN statistics, not rank 0's
+                    buffer.copy_(mine["buffers"][name])
+                meter.sums.copy_(mine["meter_sums"])
+                meter.first_bad_step.copy_(mine["first_bad_step"])
+                if visited is not None:
+                    visited.copy_(mine["visited"])
+            else:
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))
+                if visited is not None:
+                    visited.zero_()
+            strategy.start_epoch(epoch)
+            train_loader.set_epoch(epoch, first_step)
+            model.train()
+            bar = tqdm(train_loader, total=steps - first_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       leave=False, disable=None if world.is_main else True)
+            for step, batch in enumerate(bar, start=first_step):
+                lr = lr_at(cfg, epoch, step, steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                engine.step(batch, meter, step)
+                if visited is not None:
+                    visited[batch.index] = True
+                signum = stop.requested()
+                if signum:
+                    bar.close()
+                    _save_interrupted(cfg, world, state, epoch, step + 1, model, meter, visited, tables,
+                                      last_is_epoch_end)
+                    raise Interrupted(f"stopped after epoch {epoch + 1} step {step + 1} of {steps}; last.pt holds "
+                                      f"it: fastsglr train --resume {cfg.out}", signum)
+            bad = meter.first_nonfinite_step()
+            if bad is not None:
+                raise TrainingError(f"the training loss became non-finite at epoch {epoch + 1}, step {bad + 1}: "
+                                    f"last.pt keeps epoch {epoch}; lower --lr or check the data")
+            train_seconds = time.perf_counter() - t0
+            sync_sample_tables(world, tables, visited)
+            check_ranks_agree(world, model, tables, epoch + 1)
+            broadcast_buffers_(model)  # every rank evaluates the BN statistics rank 0 saves
+            row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read(),
+                   **engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
+                                     steps=cfg.eval_steps),
+                   "eval_steps": cfg.eval_steps, "ranks": world.size, "train_seconds": train_seconds,
+                   "epoch_seconds": time.perf_counter() - t0,
+                   "train_images_per_second": world.size * train_loader.num_samples / train_seconds}
+            tracker.add(row)
+            if world.is_main:
+                checkpoint = state(epoch + 1)
+                # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
+                if tracker.is_best_last:
+                    save_checkpoint(os.path.join(cfg.out, "best.pt"), checkpoint)
+                save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint, keep_previous=True)
+                write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True,
+                           fix=resume_fix(cfg.out))
+            last_is_epoch_end = True
+            log(_format_row(row))
+            signum = stop.requested()  # a signal during evaluation: last.pt of this epoch is already written
+            if signum:
+                raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
+                                  f"fastsglr train --resume {cfg.out}", signum)
 
-    save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
     summary = tracker.summary()
-    write_json(os.path.join(cfg.out, "summary.json"), summary)
-    from .report import plot_curves
+    if world.is_main:
+        save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
+        write_json(os.path.join(cfg.out, "summary.json"), summary, fix=resume_fix(cfg.out))
+        from .report import plot_curves
 
-    plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history}, os.path.join(cfg.out, "curves.png"))
+        plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history},
+                    os.path.join(cfg.out, "curves.png"))
+    barrier(world)
     return summary
+
+
+def _save_interrupted(cfg, world, state, epoch, step, model, meter, visited, tables, last_is_epoch_end):
+    """A mid-epoch last.pt: the tables merged over ranks, and each rank's RNG, BN statistics (per-rank BN drifts
+    from rank 0's within a step), metric sums and touched rows."""
+    sync_sample_tables(world, tables, visited)
+    mine = {"rng_cpu": torch.get_rng_state(), "buffers": {k: v.cpu() for k, v in model.named_buffers()},
+            "rng_cuda": torch.cuda.get_rng_state() if meter.sums.device.type == "cuda" else None,
+            "meter_sums": meter.sums.cpu(), "first_bad_step": meter.first_bad_step.cpu(),
+            "visited": None if visited is None else visited.cpu()}
+    ranks = _gather(world, mine)
+    if world.is_main:
+        save_checkpoint(os.path.join(cfg.out, "last.pt"), state(epoch, step, ranks), keep_previous=last_is_epoch_end)
+    barrier(world)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsglr.checkpoint import load_checkpoint, load_resume_state, previous_path, save_checkpoint
+from fastsglr.checkpoint import FORMAT_VERSION, load_checkpoint, load_resume_state, previous_path, save_checkpoint
 from fastsglr.cli import main
 from fastsglr.errors import UsageError
 
@@ -33,7 +33,7 @@ def test_damaged_checkpoints_are_named(tmp_path):
     torch.save({"w": 1}, path)  # a plain torch file: not ours
     with pytest.raises(UsageError, match="not a fastsglr checkpoint"):
         load_checkpoint(path)
-    open(path, "wb").write(data.replace(b"CHECKPOINT 2 ", b"CHECKPOINT 9 ", 1))
+    open(path, "wb").write(data.replace(b"CHECKPOINT %d " % FORMAT_VERSION, b"CHECKPOINT 9 ", 1))
     with pytest.raises(UsageError, match="has format 9"):
         load_checkpoint(path)
 
@@ -73,12 +73,51 @@ def _command(data, out, *extra):
             *extra]
 
 
-def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = str(tmp_path / "whole")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def whole_run(digits_dir, tmp_path_factory):
+    """A run never interrupted, and how long it took."""
+    whole = str(tmp_path_factory.mktemp("crash") / "whole")
     start = time.perf_counter()
-    subprocess.run(_command(digits_dir, whole), check=True, env=env, capture_output=True)
-    duration = time.perf_counter() - start
+    subprocess.run(_command(digits_dir, whole), check=True, env=ENV, capture_output=True)
+    return whole, time.perf_counter() - start
+
+
+def _assert_same_run(out, whole, context):
+    assert _rows(out) == _rows(whole), context
+    a, b = load_checkpoint(os.path.join(whole, "final.pt")), load_checkpoint(os.path.join(out, "final.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), context
+    assert torch.equal(a["strategy"]["table"], b["strategy"]["table"]), context
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_stop_after_a_step_and_resume_exactly(digits_dir, whole_run, tmp_path, signum):
+    whole, _ = whole_run
+    out = str(tmp_path / "stopped")
+    proc = subprocess.Popen(_command(digits_dir, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:  # the handlers are in place once the run prints its config
+        if line.startswith("config:"):
+            break
+    time.sleep(np.random.default_rng().uniform(0.05, 2.0))  # fresh moments every run: mid-epoch or in evaluation
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the signal arrived")  # a machine far faster than this one
+    assert proc.returncode == 128 + signum
+    assert err.strip().splitlines()[-1].startswith("fastsglr: stopped after epoch") and "Traceback" not in err
+    assert f"fastsglr train --resume {out}" in err
+    stopped = load_checkpoint(os.path.join(out, "last.pt"))
+    subprocess.run([sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV,
+                   capture_output=True)
+    _assert_same_run(out, whole, f"stopped at epoch {stopped['epoch'] + 1}, step {stopped['step']}")
+
+
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir, whole_run, tmp_path):
+    env = ENV
+    whole, duration = whole_run
 
     rng = np.random.default_rng()  # fresh kill points every run
     for i, fraction in enumerate(rng.uniform(0.3, 0.95, size=3)):
@@ -95,7 +134,4 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir,
             cmd = [sys.executable, "-m", "fastsglr", "train", "--resume", out] if has_checkpoint else \
                 _command(digits_dir, out, "--overwrite")
             subprocess.run(cmd, check=True, env=env, capture_output=True)
-        assert _rows(out) == _rows(whole), f"killed at {fraction:.2f} of the run"
-        a, b = load_checkpoint(os.path.join(whole, "final.pt")), load_checkpoint(os.path.join(out, "final.pt"))
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-        assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
+        _assert_same_run(out, whole, f"killed at {fraction:.2f} of the run")

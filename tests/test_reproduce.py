@@ -1,16 +1,21 @@
 """`fastsglr reproduce` with digits standing in for CIFAR-10: table2's grid trains, the rendered table puts the
 paper's numbers beside the measured ones, a second call resumes instead of retraining, runs are shared between
-tables, and the paper's numbers are transcribed consistently."""
+tables, `reproduce noise` writes noisy copies, Table B.2 and Fig. 4 end to end, and the paper's numbers are
+transcribed consistently."""
+import glob
 import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import fastsglr.reproduce as reproduce_module
 from fastsglr import load_model, paper_numbers
+from fastsglr.cli import main
 from fastsglr.data.datadir import read_data_dir
+from fastsglr.data.loaders import read_split
 from fastsglr.errors import UsageError
 from fastsglr.reproduce import TABLES, Measured, Run, plot_noise_memorization, reproduce
 from fastsglr.robustness import AttackSettings, load_test_images
@@ -129,6 +134,65 @@ def test_noise_figure_shows_both_portions(tmp_path):
     path = tmp_path / "fig4.png"
     plot_noise_memorization(results, str(path))
     assert path.stat().st_size > 0
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
+    """`fastsglr reproduce noise` at two of Table B.2's rates, one epoch per run: each rate's noisy copy of digits
+    has exactly that share of training labels changed, every run trains on its rate's copy, each cell shows the
+    measured train - test robust gap beside the paper's number and the difference, and Fig. 4 gets both portions."""
+    rates = (0.2, 0.6)
+    monkeypatch.setattr(reproduce_module, "NOISE_RATES", rates)
+    plotted = []
+    real_plot = reproduce_module.plot_noise_memorization
+
+    def recording_plot(results, path):
+        plotted.extend(results)
+        real_plot(results, path)
+
+    monkeypatch.setattr(reproduce_module, "plot_noise_memorization", recording_plot)
+    out = tmp_path / "noise"
+    assert main(["reproduce", "noise", "--data", digits_dir, "--out", str(out), "--epochs", "1", "--eval-subset", "50",
+                 "--device", "cpu"]) == 0
+
+    _, clean_labels, _, _ = read_split(read_data_dir(digits_dir), "train")
+    copies = {rate: str(out / "data" / f"digits-symmetric{rate:g}") for rate in rates}
+    for rate, copy in copies.items():
+        info = read_data_dir(copy)
+        _, labels, clean, _ = read_split(info, "train")
+        assert np.array_equal(clean, clean_labels)  # a noisy copy of the data given, clean labels kept
+        changed = labels != clean
+        assert changed.sum() == round(rate * len(labels))
+        assert info.noise["type"] == "symmetric" and info.noise["realised_rate"] == pytest.approx(changed.mean())
+
+    report = _read_json(out / "noise.json")
+    markdown = (out / "noise.md").read_text()
+    assert "| labels / noise | 20% | 60% |" in markdown and "CIFAR-10 (measured on digits)" in markdown
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                               for line in markdown.splitlines() if line.startswith("| "))}
+    runs = {(run["row"], run["noise"]): run["run_dir"] for run in report["runs"]}
+    assert len(runs) == 6
+    for labels, row in reproduce_module.LABEL_NAMES.items():
+        for rate, cell in zip(rates, rows[row]):
+            run_dir = runs[row, rate]
+            assert _read_json(os.path.join(run_dir, "config.json"))["data"] == copies[rate]
+            history = reproduce_module._history(run_dir)
+            (evaluation,) = glob.glob(os.path.join(run_dir, "eval_*.json"))  # final.pt only
+            gap = history[-1]["train_adv_acc"] - _read_json(evaluation)["attacks"]["pgd20"]["acc"]
+            measured, shown_paper, diff = CELL.match(cell).groups()
+            assert float(measured) == pytest.approx(gap, abs=0.051)
+            assert float(shown_paper) == paper_numbers.NOISE[labels][rate]
+            assert float(diff) == pytest.approx(gap - paper_numbers.NOISE[labels][rate], abs=0.051)
+
+    assert str(out / "noise_fig4.png") in report["figures"] and os.path.getsize(out / "noise_fig4.png") > 0
+    assert sorted((run.row, run.noise) for run, _ in plotted) == sorted(runs)
+    for _, m in plotted:  # both portions, every epoch, with a value (the runs have noise)
+        assert all(0 <= row[key] <= 100 for row in m.history
+                   for key in ("train_adv_acc_untouched", "train_adv_memorized_corrupted"))
 
 
 def test_paper_numbers_are_consistent():

@@ -1,6 +1,7 @@
 """`fastsglr eval` on a trained digits model: PGD-20 agrees with torchattacks, AutoAttack is at least as strong as
-PGD-20, the report holds what it promises, `eval RUN_DIR` writes the best / final / diff table, and the
-gradient-masking checks pass an honest model but flag one whose forward rounds its input."""
+PGD-20, runs each part only on the images still robust and gets what its parts run alone get, the report holds what
+it promises, `eval RUN_DIR` writes the best / final / diff table, and the gradient-masking checks pass an honest
+model but flag one whose forward rounds its input."""
 import hashlib
 import json
 
@@ -8,10 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+import fastsglr.robustness as robustness
 from fastsglr import load_model
+from fastsglr.attacks import project
 from fastsglr.cli import main
 from fastsglr.errors import UsageError
-from fastsglr.robustness import ATTACKS, AttackSettings, eps_grid, evaluate_model, load_test_images, run_eval
+from fastsglr.robustness import (ATTACKS, AUTOATTACK_PARTS, AttackSettings, eps_grid, evaluate_model,
+                                 load_test_images, run_eval)
 
 EPS = 32 / 255  # the demo preset's radius, which the runs below train with
 # AutoAttack and Square shrunk so that a CPU runs them in seconds (the CLI uses the standard settings).
@@ -71,11 +75,12 @@ def test_autoattack_at_or_below_pgd20_and_report_holds_everything(run_dir, sourc
 
     acc = {name: r["acc"] for name, r in report["attacks"].items()}
     aa = report["attacks"]["autoattack"]
-    parts = {name: p["acc"] for name, p in aa["parts"].items()}
-    assert set(parts) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+    after = [p["acc"] for p in aa["parts"].values()]
+    assert list(aa["parts"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert aa["acc"] <= acc["pgd20"]
-    assert aa["acc"] <= min(parts.values())  # robust only if it survives every part
-    assert max(parts.values()) <= acc["clean"] and acc["cw"] <= acc["clean"]
+    # Cumulative: each part runs on the images still robust after the ones before (APGD-CE on the clean-correct).
+    assert after == sorted(after, reverse=True) and aa["acc"] == after[-1] and acc["cw"] <= acc["clean"]
+    assert [p["images"] for p in aa["parts"].values()] == [round(a) for a in [acc["clean"], *after[:-1]]]  # n = 100
     assert aa["settings"]["apgd_steps"] == 20 and aa["settings"]["square_queries"] == 300
     assert aa["settings"]["targets"] == 9 and report["attacks"]["pgd20"]["settings"]["step_size"] == EPS / 4
 
@@ -102,17 +107,99 @@ class RoundedInput(nn.Module):
         return self.model(torch.round(x * 8) / 8)
 
 
+class Scores(nn.Module):
+    """A stand-in classifier: the logits are the first 10 pixels of a 1 x 1 x 11 image; pixel 10, which it ignores,
+    holds the image's id / 100 so that a stub attack knows which image it is given."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+def _scored_images(n, misclassified):
+    """Image i shows class i % 10 (0.5) ahead of the next class (0.45): a step of 0.05 each way flips it."""
+    shown = torch.arange(n) % 10
+    images = torch.zeros(n, 1, 1, 11)
+    images[torch.arange(n), 0, 0, shown] = 0.5
+    images[torch.arange(n), 0, 0, (shown + 1) % 10] = 0.45
+    images[:, 0, 0, 10] = torch.arange(n) / 100
+    labels = shown.clone()
+    labels[list(misclassified)] = (shown[list(misclassified)] + 5) % 10
+    return images, labels
+
+
+def test_autoattack_runs_each_part_on_survivors_only(monkeypatch):
+    """Stub parts, each breaking a known set of images: each part sees exactly the images that the model classifies
+    correctly and that no earlier part broke, and the report's per-part numbers follow."""
+    breaks = {"apgd-ce": {2, 3, 4}, "apgd-t": {3, 5, 6}, "fab-t": {7}, "square": {8, 9, 3}}
+    seen = {part: [] for part in AUTOATTACK_PARTS}
+
+    def stub_part(part, *_):
+        def attack(x, y):
+            ids = torch.round(x[:, 0, 0, 10] * 100).long()
+            seen[part] += ids.tolist()
+            rows = torch.isin(ids, torch.tensor(sorted(breaks[part]))).nonzero().squeeze(1)
+            x = x.clone()
+            x[rows, 0, 0, y[rows]] -= 0.05
+            x[rows, 0, 0, (y[rows] + 1) % 10] += 0.05
+            return x
+        return attack
+
+    monkeypatch.setattr(robustness, "_torchattacks_part", stub_part)
+    images, labels = _scored_images(20, misclassified={0, 1})
+    report = evaluate_model(Scores(), images, labels, eps=0.1, num_classes=10, attacks="clean,autoattack",
+                            checks=False, batch_size=4, log=quiet)
+
+    robust = set(range(2, 20))
+    for part in AUTOATTACK_PARTS:
+        assert sorted(seen[part]) == sorted(robust), part
+        assert report["attacks"]["autoattack"]["parts"][part]["images"] == len(robust)
+        robust -= breaks[part]
+        assert report["attacks"]["autoattack"]["parts"][part]["acc"] == 100.0 * len(robust) / 20
+    assert robust == set(range(10, 20)) and report["attacks"]["autoattack"]["acc"] == 50.0
+
+
+def test_autoattack_equals_its_parts_run_alone(run_dir, digits_dir):
+    """On the trained model, each part run alone by torchattacks on every image: the per-image AND over the parts is
+    AutoAttack's result. With one image per batch each image's attack is the same wherever it runs (torchattacks
+    reseeds at every call), so the two agree exactly."""
+    ta = pytest.importorskip("torchattacks")
+    settings = AttackSettings(apgd_steps=10, fab_steps=10, square_queries=100)
+    model = load_model(str(run_dir / "final.pt"))
+    images, labels, _ = load_test_images(digits_dir, 20, "cpu")
+    aa = evaluate_model(model, images, labels, eps=EPS, num_classes=10, attacks="autoattack", settings=settings,
+                        checks=False, batch_size=1, log=quiet)["attacks"]["autoattack"]
+
+    common = dict(norm="Linf", eps=EPS, n_restarts=1, seed=0)
+    alone = {"apgd-ce": ta.APGD(model, steps=10, loss="ce", **common),
+             "apgd-t": ta.APGDT(model, steps=10, n_classes=10, **common),
+             "fab-t": ta.FAB(model, steps=10, multi_targeted=True, n_classes=10, **common),
+             "square": ta.Square(model, n_queries=100, **common)}
+    with torch.no_grad():
+        robust = model(images).argmax(1) == labels
+    for part, attack in alone.items():
+        x_adv = torch.cat([project(attack(x[None], y[None]), x[None], EPS) for x, y in zip(images, labels)])
+        assert aa["parts"][part]["images"] == robust.sum().item()
+        with torch.no_grad():
+            robust &= model(x_adv).argmax(1) == labels
+        assert aa["parts"][part]["acc"] == pytest.approx(100.0 * robust.double().mean().item())
+    assert aa["acc"] == pytest.approx(100.0 * robust.double().mean().item())
+    assert aa["parts"]["square"]["images"] < aa["parts"]["apgd-ce"]["images"]  # not vacuous: earlier parts broke some
+
+
 def test_checks_flag_a_gradient_masked_model(run_dir, digits_dir, capsys):
     images, labels, _ = load_test_images(digits_dir, 100, "cpu")
     honest = load_model(str(run_dir / "final.pt"))
-    kwargs = dict(eps=EPS, num_classes=10, attacks="clean,pgd20,square", settings=SMALL)
+    kwargs = dict(eps=EPS, num_classes=10, settings=SMALL)
 
-    assert evaluate_model(honest, images, labels, **kwargs)["checks_passed"]
+    # (the honest model passes the AutoAttack check too: test_autoattack_at_or_below_pgd20_and_report_holds_everything)
+    assert evaluate_model(honest, images, labels, attacks="clean,pgd20,square", **kwargs)["checks_passed"]
     assert "gradient masking" not in capsys.readouterr().out
 
-    report = evaluate_model(RoundedInput(honest), images, labels, **kwargs)
+    report = evaluate_model(RoundedInput(honest), images, labels, attacks="clean,pgd20,square,autoattack", **kwargs)
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
-    assert "Square (black-box) is not below white-box" in failed
+    # Square alone beats white-box; within AutoAttack it breaks images on which APGD, FAB-T and PGD-20 all failed.
+    assert {"Square (black-box) is not below white-box",
+            "AutoAttack: Square (black-box) breaks no image white-box failed on"} <= failed
     assert not report["checks_passed"]
     assert "WARNING: possible gradient masking" in capsys.readouterr().out
 

@@ -15,6 +15,18 @@ def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
     return g
 
 
+def draw_flip_crop(batch_size: int, padding: int, generator: torch.Generator):
+    """The random draws of one batch's flip_crop: (flip, dy, dx). A resumed epoch draws them for the batches it
+    skips, so the batches after the skip get the augmentations an uninterrupted epoch gives them."""
+    dev = generator.device
+    flip = torch.rand(batch_size, generator=generator, device=dev) < 0.5
+    if padding == 0:
+        return flip, None, None
+    dy = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=dev)
+    return flip, dy, dx
+
+
 def flip_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip, then a random crop of the zero-padded image (torchvision's RandomCrop(padding)).
 
@@ -22,13 +34,11 @@ def flip_crop(images: torch.Tensor, padding: int, generator: torch.Generator) ->
     """
     B, C, H, W = images.shape
     dev = images.device
-    flip = torch.rand(B, generator=generator, device=dev) < 0.5
+    flip, dy, dx = draw_flip_crop(B, padding, generator)
     images = torch.where(flip[:, None, None, None], images.flip(3), images)
     if padding == 0:
         return images
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator, device=dev)
     rows = (dy[:, None] + torch.arange(H, device=dev))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, None, :]
     batch = torch.arange(B, device=dev)[:, None, None, None]

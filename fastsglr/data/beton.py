@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import UsageError
 
 FIELDS = ("image", "label", "clean_label", "index")
+PAGE_SIZE = 1 << 21  # FFCV allocates records in pages of this size
 
 
 class _Records:
@@ -39,9 +40,15 @@ def write_beton(path, images, labels, clean_labels, num_workers=1):
         "index": IntField(),
     }
     tmp = f"{path}.tmp"
-    writer = DatasetWriter(tmp, fields, num_workers=num_workers, page_size=1 << 21)
+    writer = DatasetWriter(tmp, fields, num_workers=num_workers, page_size=PAGE_SIZE)
     writer.from_indexed_dataset(_Records(images, labels, clean_labels), chunksize=256)
     os.replace(tmp, path)
+
+
+def beton_bytes(images) -> int:
+    """About the size of a beton of ``images``: the pixels, a few dozen bytes of metadata per record, and a header
+    and partly filled pages (measured: 3.6 MB over the pixels for 5,000 CIFAR-sized images)."""
+    return images.nbytes + 64 * len(images) + 3 * PAGE_SIZE
 
 
 def check_beton(path, image_shape, num_samples=None):

@@ -1,4 +1,5 @@
 """A prepared data directory: ``train.beton``, ``test.beton`` and ``meta.json``, and the checks on reading it."""
+import functools
 import hashlib
 import json
 import os
@@ -62,8 +63,26 @@ def read_data_dir(root) -> DataInfo:
                         image_shape=tuple(meta["image_shape"]), counts=dict(meta["counts"]),
                         mean=tuple(meta["mean"]), std=tuple(meta["std"]), crop_padding=int(meta["crop_padding"]),
                         noise=dict(meta["noise"]))
+        checksums = dict(meta.get("checksums", {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{meta_path} is damaged ({exc!r}): re-run `fastsglr prepare`") from None
     for split in SPLITS:
         check_beton(info.beton(split), info.image_shape, info.counts[split])
+        _check_checksum(info.beton(split), checksums.get(f"{split}.beton"))
     return info
+
+
+def _check_checksum(path, expected):
+    """A beton replaced after `prepare` (say, by another data directory's of the same shape and size) passes every
+    other check but holds other images or labels; only meta.json's checksum tells."""
+    stat = os.stat(path)
+    if expected is not None and _cached_sha256(path, stat.st_size, stat.st_mtime_ns) != expected:
+        raise UsageError(f"{path} does not match the checksum in meta.json (it was replaced or changed after "
+                         f"`fastsglr prepare` wrote it): re-run `fastsglr prepare`")
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path, size, mtime_ns):
+    """Hashed again only when the file's size or time changed: the data directory is read once per run and per
+    evaluation (many in `reproduce`), and a CIFAR beton takes a while to hash."""
+    return sha256(path)

@@ -3,15 +3,18 @@
 Two loaders behind one interface, yielding identical batches for the same (seed, epoch):
 - ``FFCVLoader`` streams the beton through FFCV (decoding, ordering and host-to-device copy in worker threads);
 - ``DeviceLoader`` holds the whole split on the training device (small data, benchmarks: no workers at all).
-Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutation``) and augment on the device
+Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutation``; under torchrun FFCV's
+distributed order, torch's DistributedSampler, which gives each rank a disjoint shard) and augment on the device
 with ``augment.flip_crop``. Images come out as float32 in [0, 1], channels-last; normalisation is in the model.
 """
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
-from .augment import epoch_generator, flip_crop
+from ..distributed import World
+from .augment import draw_flip_crop, epoch_generator, flip_crop
 from .datadir import DataInfo
 
 LOADER_KINDS = ("ffcv", "device")
@@ -34,18 +37,38 @@ def eval_subset_indices(count: int, subset: int, seed: int):
 class _Loader:
     """What both loaders share: epoch bookkeeping and the step from raw uint8 to a training batch."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
         self.info, self.split, self.batch_size = info, split, batch_size
-        self.device, self.train, self.seed = torch.device(device), train, seed
+        self.device, self.train, self.seed, self.world = torch.device(device), train, seed, world
         self.indices = np.arange(info.counts[split]) if indices is None else np.asarray(indices)
-        self.epoch = 0
+        if world.launched and not train:
+            self.indices = self.indices[world.rank::world.size]  # evaluation: a fixed shard per rank, no repeats
+        self.epoch, self.start_step = 0, 0
 
-    def set_epoch(self, epoch: int):
-        """Start the next iteration at this epoch (a resumed run replays the same order and augmentations)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0):
+        """Start the next iteration at batch ``start_step`` of this epoch (a resumed run replays the same order and
+        augmentations)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def _begin_epoch(self):
+        """This iteration's (epoch, first batch, augmentation generator), already advanced past skipped batches."""
+        epoch, start = self.epoch, self.start_step
+        self.epoch, self.start_step = epoch + 1, 0
+        generator = epoch_generator(self.seed, epoch, self.device)
+        if self.train:
+            for _ in range(start):
+                draw_flip_crop(self.batch_size, self.info.crop_padding, generator)
+        return epoch, start, generator
+
+    @property
+    def sharded(self) -> bool:
+        """Training under torchrun: each rank visits its own shard of every epoch's permutation."""
+        return self.train and self.world.launched
 
     def __len__(self):
         n = len(self.indices)
+        if self.sharded:
+            n = -(-n // self.world.size)  # DistributedSampler's per-rank count (it pads with repeats)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     @property
@@ -56,6 +79,11 @@ class _Loader:
     def _order(self, epoch):
         if not self.train:
             return self.indices
+        if self.sharded:
+            sampler = DistributedSampler(self.indices, num_replicas=self.world.size, rank=self.world.rank,
+                                         shuffle=True, seed=self.seed)
+            sampler.set_epoch(epoch)
+            return self.indices[np.fromiter(sampler, dtype=np.int64)]
         return np.random.default_rng(self.seed + epoch).permutation(self.indices)
 
     def _finish(self, images_nhwc, labels, clean_labels, index, generator):
@@ -69,8 +97,8 @@ class _Loader:
 class DeviceLoader(_Loader):
     """The whole split held on the device as uint8: every batch is a gather, no worker processes."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
-        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
+        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
         images, labels, clean_labels, index = read_split(info, split)
         # Stored by record index, so a sample's index is also its position here.
         assert np.array_equal(index, np.arange(len(index))), "beton records are not in index order"
@@ -79,10 +107,9 @@ class DeviceLoader(_Loader):
         self.clean_labels = torch.from_numpy(clean_labels).to(self.device)
 
     def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        generator = epoch_generator(self.seed, epoch, self.device)
+        epoch, start, generator = self._begin_epoch()
         order = torch.from_numpy(self._order(epoch).astype(np.int64)).to(self.device)
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self._finish(self.images[idx], self.labels[idx], self.clean_labels[idx], idx, generator)
 
@@ -90,8 +117,9 @@ class DeviceLoader(_Loader):
 class FFCVLoader(_Loader):
     """FFCV decodes and orders the records and copies them to the device; we augment there."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, num_workers=2):
-        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World(),
+                 num_workers=2):
+        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
         from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
@@ -103,16 +131,17 @@ class FFCVLoader(_Loader):
         self.loader = Loader(
             info.beton(split), batch_size=batch_size, num_workers=num_workers, seed=seed,
             order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, drop_last=train,
-            indices=None if indices is None else self.indices,
+            distributed=self.sharded, indices=self.indices,
             pipelines={"image": [NDArrayDecoder(), ToTensor(), *to_device()], "label": label,
                        "clean_label": list(label), "index": list(label)},
         )
 
     def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        generator = epoch_generator(self.seed, epoch, self.device)
+        epoch, start, generator = self._begin_epoch()
         self.loader.next_epoch = epoch
-        for images, labels, clean_labels, index in self.loader:
+        for b, (images, labels, clean_labels, index) in enumerate(self.loader):
+            if b < start:  # FFCV cannot seek: read and drop the batches a resumed epoch has done
+                continue
             # FFCV reuses its output buffers: copy out before the next batch overwrites them (the image
             # conversion in _finish copies already).
             yield self._finish(images, labels.clone(), clean_labels.clone(), index.clone(), generator)
@@ -139,7 +168,7 @@ def read_labels(info: DataInfo, split) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
-def make_loader(kind, info: DataInfo, split, batch_size, device, *, train, seed, indices=None):
-    if kind == "device":
-        return DeviceLoader(info, split, batch_size, device, train=train, seed=seed, indices=indices)
-    return FFCVLoader(info, split, batch_size, device, train=train, seed=seed, indices=indices)
+def make_loader(kind, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
+    """``batch_size`` is per process: under torchrun, the global batch divided by the number of ranks."""
+    loader = DeviceLoader if kind == "device" else FFCVLoader
+    return loader(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)

@@ -4,8 +4,8 @@ import os
 import numpy as np
 
 from ..errors import UsageError
-from .beton import write_beton
-from ..files import write_json
+from .beton import beton_bytes, write_beton
+from ..files import check_free_space, write_json
 from .datadir import sha256
 from .noise import corrupt_labels
 from .sources import channel_stats, load_raw
@@ -18,6 +18,7 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
     num_classes = len(raw.classes)
     noisy = corrupt_labels(raw.train.labels, num_classes, label_noise, noise_type, seed,
                            superclass=raw.superclass, dataset=dataset)
+    check_free_space(out, beton_bytes(raw.train.images) + beton_bytes(raw.test.images), "the data directory")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:

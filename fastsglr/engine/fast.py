@@ -28,6 +28,7 @@ from torch.optim.sgd import sgd
 
 from .. import attacks, labels
 from ..data.loaders import Batch
+from ..distributed import World, unwrap, wrap_model
 from ..errors import UsageError
 from ..kernels import reference
 from ..metrics import CalibrationMeter, TrainMeter, evaluation_row
@@ -168,9 +169,14 @@ class FastEngine:
 
     name = "fast"
 
-    def __init__(self, model, optimizer, strategy, cfg, options: FastOptions | None = None):
+    def __init__(self, model, optimizer, strategy, cfg, options: FastOptions | None = None, world=World()):
         self.device = next(model.parameters()).device
         self.options = options or FastOptions.for_device(self.device, cfg.precision)
+        if world.launched:
+            # DDP's gradient all-reduce runs from autograd hooks on NCCL streams; capturing it needs a static DDP
+            # graph and capture-safe NCCL settings that have not been tested here. Under torchrun each iteration is
+            # compiled and replayed eagerly instead.
+            self.options = dataclasses.replace(self.options, cuda_graph=False)
         if self.options.precision not in AUTOCAST_DTYPES:
             raise UsageError(f"unknown precision '{self.options.precision}': choose one of "
                              f"{', '.join(AUTOCAST_DTYPES)}")
@@ -178,7 +184,8 @@ class FastEngine:
             raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)  # swaps each parameter's data: the optimizer keeps them
-        self.model, self.strategy, self.cfg = model, strategy, cfg
+        # DDP after the layout change: its gradient buckets take the parameters' strides when it is built.
+        self.model, self.strategy, self.cfg = wrap_model(world, model, cfg.sync_bn), strategy, cfg
         self.optimizer = SGDUpdate(optimizer, self.device)
         self.autocast_dtype = AUTOCAST_DTYPES[self.options.precision]
         self.scaler = DeviceLossScale(self.device) if self.options.precision == "fp16" else None
@@ -204,8 +211,8 @@ class FastEngine:
                           self.step_index, autocast_dtype=self.autocast_dtype, scaler=self.scaler)
 
     def _eval_batch(self, images, labels, eps, step_size, steps):
-        eval_step(self.model, images, labels, self.clean, self.adv, eps=eps, step_size=step_size, steps=steps,
-                  autocast_dtype=self.autocast_dtype)
+        eval_step(unwrap(self.model), images, labels, self.clean, self.adv, eps=eps, step_size=step_size,
+                  steps=steps, autocast_dtype=self.autocast_dtype)
 
     # ---- training ----------------------------------------------------------------------------------------------
 
@@ -214,8 +221,8 @@ class FastEngine:
         if self.inputs is None:  # first step, after any resume has loaded the optimizer state
             self.optimizer.prepare()
             self.inputs = self._static_like(batch)
-        if meter is not self.meter_owner:  # a new epoch's meter: restart the static sums
-            self.meter.reset()
+        if meter is not self.meter_owner:  # a new epoch's meter (fresh, or a resumed epoch's): the static sums take it
+            self.meter.load_(meter)
             self.meter_owner = meter
         for static, value in zip(self.inputs, batch):
             static.copy_(value, non_blocking=True)

@@ -1,0 +1,46 @@
+"""SIGINT / SIGTERM ask a run to stop after the current step, so that it can write a mid-epoch last.pt and exit.
+
+A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Under torchrun every rank must stop
+after the same step (DDP's collectives would otherwise wait forever), so the ranks agree on the flag after each
+step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
+"""
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+from .distributed import World
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    def __init__(self, world: World, log=print):
+        self.world, self.log = world, log
+        self.signum = None
+        self.group = dist.new_group(backend="gloo") if world.launched else None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.log(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)")
+
+    def requested(self) -> int:
+        """The signal to stop for (0: go on), agreed by every rank."""
+        if self.group is None:
+            return self.signum or 0
+        flag = torch.tensor([self.signum or 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(flag)
