@@ -15,7 +15,8 @@ from .config import Config
 from .errors import UsageError
 from .files import atomic_file, resume_fix
 
-FORMAT_VERSION = 3  # 3: "step" (a mid-epoch last.pt after SIGINT/SIGTERM), "world_size" and per-rank "ranks"
+# 3: "dataset", "step" (a mid-epoch last.pt after SIGINT/SIGTERM), "world_size", "torchrun" and per-rank "ranks"
+FORMAT_VERSION = 3
 MAGIC = b"FASTSGLR-CHECKPOINT"
 
 
@@ -107,18 +108,6 @@ def model_from_state(state, device="cpu"):
     return model.eval()
 
 
-def _training_dataset(state):
-    """The name of the data set a checkpoint was trained on: recorded in the state, or else read from the meta.json
-    of the training data directory its config names; None when neither is at hand (the data moved)."""
-    if "dataset" in state:
-        return state["dataset"]
-    try:
-        with open(os.path.join(state["config"]["data"], "meta.json")) as f:
-            return json.load(f)["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _images(classes, channels, size) -> str:
     return f"{classes} classes of {channels}x{size}x{size} images"
 
@@ -127,13 +116,13 @@ def check_checkpoint_fits_data(state, info, path, fix=None):
     """Refuse, before any work, a checkpoint whose model cannot take the data directory's images and labels, or
     that was trained on another data set (same shapes, other classes: its accuracy there would mean nothing).
     ``fix`` replaces the default advice (pass --data with the checkpoint's data, or another checkpoint)."""
-    spec, trained_on = state["model_spec"], _training_dataset(state)
+    spec, trained_on = state["model_spec"], state["dataset"]
     built = (spec["num_classes"], spec["in_channels"], spec["image_size"])
     holds = (info.num_classes, info.in_channels, info.image_size)
-    if built == holds and trained_on in (None, info.dataset):
+    if built == holds and trained_on == info.dataset:
         return
     fix = fix or f"pass --data with the data the checkpoint was trained on, or a checkpoint trained on {info.dataset}"
-    raise UsageError(f"checkpoint {path} was trained on {trained_on or 'other data'} ({_images(*built)}) but "
+    raise UsageError(f"checkpoint {path} was trained on {trained_on} ({_images(*built)}) but "
                      f"{info.root} holds {info.dataset} ({_images(*holds)}): {fix}")
 
 

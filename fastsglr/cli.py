@@ -19,7 +19,8 @@ def _add_prepare(sub):
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", help="where the raw files are (CIFAR: the python-pickle release or its .tar.gz)")
     p.add_argument("--out", required=True, help="the data directory to write")
-    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE", help="fraction of training labels to corrupt, in [0, 1)")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
+                   help="fraction of training labels to corrupt, in [0, 1)")
     p.add_argument("--noise-type", default="symmetric", choices=NOISE_TYPES)
     p.add_argument("--seed", type=int, default=0, help="seed of the label noise and of synthetic data")
     p.add_argument("--synthetic-train", type=int, default=50_000, metavar="N", help="synthetic: training images")
@@ -41,7 +42,7 @@ def _run_prepare(args):
 # default is SUPPRESS: only flags the user typed override them.
 _TRAIN_FLAGS = [
     ("--data", "data", str, "a data directory written by `fastsglr prepare`"),
-    ("--model", "model", str, "preactresnet18 | resnet18 | wrn34_10 | wrn28_10 | smallcnn"),
+    ("--model", "model", str, "preactresnet18 | resnet18 | resnet34 | resnet50 | wrn34_10 | wrn28_10 | smallcnn"),
     ("--method", "method", str, "pgd-at | trades"),
     ("--labels", "labels", str, "hard | ls | te | sglr"),
     ("--epochs", "epochs", int, "training epochs (paper: 200)"),
@@ -135,7 +136,7 @@ def _add_eval(sub):
     p.add_argument("--data", help="a data directory (default: the checkpoint's training data)")
     p.add_argument("--attacks", default="clean,pgd20,cw,autoattack",
                    help="comma-separated: clean, pgdK (e.g. pgd20), cw, autoattack, square, transfer "
-                        "(default: %(default)s)")
+                        "(PGD-20 on --source), transfer-pgdK, transfer-cw (default: %(default)s)")
     p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: all)")
     p.add_argument("--eps", type=C.parse_fraction, help="l-inf radius, e.g. 8/255 (default: the checkpoint's)")
     p.add_argument("--source", metavar="CHECKPOINT", help="transfer: the checkpoint the adversarial examples are "
@@ -162,7 +163,8 @@ def _add_reproduce(sub):
                        description="Train (or resume) the runs of one of the paper's tables in --out, evaluate them "
                                    "and render the table in markdown with the paper's number beside each measured "
                                    "one, plus the runs' curves. Running it again resumes where it stopped.")
-    p.add_argument("table", help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1)")
+    p.add_argument("table", help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1) | "
+                                 "transfer (Table B.3)")
     p.add_argument("--data", action="append", required=True, metavar="DATA_DIR",
                    help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
                         "a digits or synthetic directory stands in for every data set not given")
@@ -185,13 +187,24 @@ def _run_reproduce(args):
     return 0
 
 
-def _add_not_yet(sub, name, text):
-    p = sub.add_parser(name, help=f"{text} (not yet available)", description=f"{text}. Not yet available.")
-    p.set_defaults(run=lambda args: _not_yet(name))
+def _add_bench(sub):
+    # Every argument, --help included, is the benchmark's own (main() hands them over as ``args.rest``).
+    p = sub.add_parser("bench", add_help=False,
+                       help="epochs per hour: the fast engine's ablation ladder (bench/epochs_per_hour.py)")
+    p.set_defaults(run=_run_bench, takes_rest=True)
 
 
-def _not_yet(name):
-    raise UsageError(f"`fastsglr {name}` is not yet available in this version")
+def _run_bench(args):
+    import os
+    import runpy
+
+    # The benchmarks are scripts beside the package, not part of it (bench/gpu_suite.sh runs them without an
+    # install): an editable install, which `make` sets up, finds them in the checkout.
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "epochs_per_hour.py")
+    if not os.path.isfile(script):
+        raise UsageError("`fastsglr bench` runs bench/epochs_per_hour.py of a source checkout, which this install "
+                         "lacks: clone the repository and `pip install -e` it")
+    return runpy.run_path(script)["main"](args.rest, prog="fastsglr bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -209,13 +222,17 @@ def build_parser():
     _add_train(sub)
     _add_eval(sub)
     _add_reproduce(sub)
-    _add_not_yet(sub, "bench", "throughput benchmarks (epochs per hour)")
+    _add_bench(sub)
     return parser
 
 
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        args.rest = rest
+        if args.rest and not getattr(args, "takes_rest", False):
+            parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
         return args.run(args)
     except (UsageError, TrainingError) as exc:
         print(f"fastsglr: error: {exc}", file=sys.stderr)

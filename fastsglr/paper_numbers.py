@@ -62,3 +62,18 @@ CALIBRATION = {
         "AT+SGLR": {"pgd10": (0.11, 0.10, 0.01), "square": (0.20, 0.22, -0.02)},
     },
 }
+
+# Table B.3 (CIFAR-10): accuracy of ResNet-18 targets on black-box examples crafted on a source trained with vanilla
+# PGD-AT, dataset -> source -> row -> attack -> (best, final, diff) of the target. PGD-10 and CW-inf on the source.
+TRANSFER = {
+    "cifar10": {
+        "ResNet-34": {
+            "AT": {"pgd10": (63.9, 64.9, -1.0), "cw": (72.5, 70.1, 2.4)},
+            "AT+SGLR": {"pgd10": (64.0, 64.1, -0.1), "cw": (72.7, 72.9, -0.2)},
+        },
+        "ResNet-50": {
+            "AT": {"pgd10": (81.3, 82.7, -1.4), "cw": (83.1, 81.6, 1.5)},
+            "AT+SGLR": {"pgd10": (80.9, 80.9, 0.0), "cw": (83.0, 82.8, 0.2)},
+        },
+    },
+}

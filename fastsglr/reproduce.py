@@ -3,7 +3,10 @@ markdown with the paper's number beside each measured one.
 
 Tables: ``table2`` (PGD-AT with hard labels, LS, TE and SGLR), ``table3`` (PGD-AT and TRADES with and without SGLR,
 CIFAR-10 and CIFAR-100), ``table4`` (SGLR's r x T ablation), ``noise`` (Table B.2: hard, LS and SGLR labels under
-0-80% symmetric label noise) and ``calibration`` (Table B.1: ECE on PGD-10 and Square examples, best and final).
+0-80% symmetric label noise), ``calibration`` (Table B.1: ECE on PGD-10 and Square examples, best and final) and
+``transfer`` (Table B.3: PGD-AT and PGD-AT+SGLR targets under black-box PGD-10 and CW-inf examples crafted on
+ResNet-34 and ResNet-50 sources trained with PGD-AT). A table's source runs are trained like its other runs but only
+craft transfer examples: they fill no cell.
 
 Data: ``data`` holds one directory per data set. Each of the table's data sets uses the directory of that data set;
 a directory of a data set the paper does not use (digits, synthetic) stands in for every one that has none, so one
@@ -36,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after .report, which selects the
 
 PAPER_DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 PAPER_EPOCHS = 200
+PAPER_MODEL = "ResNet-18"
 LABEL_NAMES = {"hard": "Hard Label", "ls": "Soft Label (LS)", "sglr": "Self-Guided Soft Label"}
 NOISE_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 # Config fields a finished or interrupted run may differ in and still be the same run.
@@ -51,6 +55,7 @@ class Run:
     column: str = ""
     overrides: tuple = ()       # (Config field, value) pairs
     noise: float = 0.0          # symmetric label-noise rate of its training data
+    source: str = ""            # the row of the table's source run whose best.pt crafts its transfer examples
     paper: dict = field(default_factory=dict, hash=False)
 
 
@@ -70,6 +75,7 @@ class Block:
     columns: list
     rows: list
     digits: int = 1
+    caption: str = ""           # after the data set in the heading, e.g. the transfer source
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,13 @@ class Table:
     checkpoints: tuple          # which checkpoints of each run are evaluated
     blocks: Callable            # [(Run, Measured)] -> [Block]
     notes: tuple = ()           # what a measured number is, where the paper leaves it open
+    sources: tuple = ()         # runs trained only to craft the transfer examples of the runs naming them
 
 
 # ------------------------------------------------------------------------------------------------ the tables
 
-def _run(dataset, row, column="", noise=0.0, paper=None, **overrides) -> Run:
-    return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, paper or {})
+def _run(dataset, row, column="", noise=0.0, paper=None, source="", **overrides) -> Run:
+    return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, source, paper or {})
 
 
 def _attack(name, quantity="acc", scale=1.0):
@@ -103,22 +110,27 @@ ACCURACY_METRICS = (("natural", "natural", _attack("clean")), ("pgd20", "PGD-20"
 # CalibrationMeter reports ECE in percent; the paper prints fractions.
 ECE_METRICS = (("pgd10", "PGD-10 ECE", _attack("pgd10", "ece", 0.01)),
                ("square", "Square ECE", _attack("square", "ece", 0.01)))
+TRANSFER_METRICS = (("pgd10", "PGD-10", _attack("transfer-pgd10")), ("cw", "CW-inf", _attack("transfer-cw")))
+# Table B.3's sources, larger ResNets trained with vanilla PGD-AT: paper name -> Config overrides. They stay ResNets
+# on a stand-in data set too (they take 8x8 inputs): a source of the stand-in's own model (the small CNN) would be
+# the AT target run itself, and its examples white-box.
+TRANSFER_SOURCES = {"ResNet-34": {"model": "resnet34"}, "ResNet-50": {"model": "resnet50"}}
 
 
 def _best_final_blocks(metrics, digits=1):
-    """Blocks with best / final / diff columns per metric, one block per data set."""
+    """Blocks with best / final / diff columns per metric, one block per data set and transfer source."""
     def blocks(results):
         out = []
-        for dataset in dict.fromkeys(run.dataset for run, _ in results):
+        for dataset, source in dict.fromkeys((run.dataset, run.source) for run, _ in results):
             rows = []
-            for run, m in ((r, m) for r, m in results if r.dataset == dataset):
+            for run, m in ((r, m) for r, m in results if (r.dataset, r.source) == (dataset, source)):
                 cells = []
                 for key, _, value in metrics:
                     best, final = value(m.evals["best"]), value(m.evals["final"])
                     cells += zip((best, final, best - final), run.paper.get(key, (None, None, None)))
                 rows.append((run.row, cells))
             columns = [f"{name} {c}" for _, name, _ in metrics for c in ("best", "final", "diff")]
-            out.append(Block(dataset, "method", columns, rows, digits))
+            out.append(Block(dataset, "method", columns, rows, digits, source and f"{source} → {PAPER_MODEL}"))
         return out
     return blocks
 
@@ -189,7 +201,28 @@ def _calibration():
                  notes=("ECE as a fraction (the paper's unit), 15 equal-width confidence bins.",))
 
 
-TABLES = {"table2": _table2, "table3": _table3, "table4": _table4, "noise": _noise, "calibration": _calibration}
+def _transfer():
+    sources = tuple(_run("cifar10", name, method="pgd-at", labels="hard", **overrides)
+                    for name, overrides in TRANSFER_SOURCES.items())
+    rows = (("AT", "hard"), ("AT+SGLR", "sglr"))
+    runs = tuple(_run("cifar10", row, source=source.row, method="pgd-at", labels=labels,
+                      paper=paper.TRANSFER["cifar10"][source.row][row])
+                 for source in sources for row, labels in rows)
+    shown = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in overrides.items())
+                      for name, overrides in TRANSFER_SOURCES.items())
+    return Table("Table B.3: PGD-AT and PGD-AT+SGLR against black-box examples crafted on PGD-AT ResNet-34 / -50",
+                 runs, ("transfer-pgd10", "transfer-cw"), ("best", "final"), _best_final_blocks(TRANSFER_METRICS),
+                 notes=("Each cell: the target's accuracy (its best.pt and final.pt) on examples crafted on the "
+                        "source's best.pt (the paper does not say which source checkpoint) by PGD-10 (10 steps of "
+                        "eps/4) or CW-inf (PGD on the CW margin with eval's CW settings; the paper gives no steps).",
+                        f"Sources ({shown}) are trained with PGD-AT on hard labels and the targets' other settings. "
+                        "On a stand-in data set they stay ResNets, larger than its small-CNN targets as in the paper "
+                        "(a small-CNN source would be the AT target itself).",),
+                 sources=sources)
+
+
+TABLES = {"table2": _table2, "table3": _table3, "table4": _table4, "noise": _noise, "calibration": _calibration,
+          "transfer": _transfer}
 
 
 # ------------------------------------------------------------------------------------------------ data and runs
@@ -283,18 +316,21 @@ def _train_or_resume(cfg: Config, log):
     train(cfg, resume=started, overwrite=not started, log=log)
 
 
-def _evaluate(cfg: Config, which, attacks, n, settings, checks, log) -> dict:
+def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None) -> dict:
     """A checkpoint's robustness report, cached in the run directory under the hash of what determines it (so
-    best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once)."""
+    best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once). ``source``: the
+    checkpoint transfer attacks craft their examples on."""
     path = os.path.join(cfg.out, f"{which}.pt")
     request = {"checkpoint": sha256(path), "attacks": list(attacks), "n": n, "eps": cfg.eps, "checks": checks,
                "settings": dataclasses.asdict(settings)}
+    if source:  # only then, so that the caches written before sources existed keep their keys
+        request["source"] = sha256(source)
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
     cache = os.path.join(cfg.out, f"eval_{key}.json")
     if os.path.isfile(cache):
         with open(cache) as f:
             return json.load(f)
-    report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks,
+    report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks, source=source,
                                  device=cfg.device, settings=settings, log=log)
     write_json(cache, report)
     return report
@@ -318,11 +354,16 @@ def _heading(dataset, info) -> str:
     return name if info.dataset == dataset else f"{name} (measured on {info.dataset})"
 
 
+def _block_heading(block: Block, infos) -> str:
+    heading = _heading(block.dataset, infos[block.dataset])
+    return f"{heading}: {block.caption}" if block.caption else heading
+
+
 def render(title, blocks, infos, notes) -> str:
     """The markdown page: one table per block, then the notes."""
     lines = [f"# {title}", "", "Each cell: measured / paper (measured - paper); – where the paper has no number.", ""]
     for b in blocks:
-        lines += [f"## {_heading(b.dataset, infos[b.dataset])}", "", f"| {b.corner} | " + " | ".join(b.columns) + " |",
+        lines += [f"## {_block_heading(b, infos)}", "", f"| {b.corner} | " + " | ".join(b.columns) + " |",
                   "|---" * (len(b.columns) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(_cell(m, p, b.digits) for m, p in cells) + " |"
                   for label, cells in b.rows]
@@ -338,10 +379,11 @@ def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, che
         cfg = base_cfgs[dataset]
         if info.dataset != dataset:
             notes.append(f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model}, eps "
-                         f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: ResNet-18, 8/255, "
+                         f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {PAPER_MODEL}, 8/255, "
                          f"{PAPER_EPOCHS} epochs).")
     if epochs:
-        notes.append(f"Quick look: {epochs} training epochs per run (the paper: {PAPER_EPOCHS}).")
+        plural = "s" if epochs != 1 else ""
+        notes.append(f"Quick look: {epochs} training epoch{plural} per run (the paper: {PAPER_EPOCHS}).")
     if eval_subset:
         notes.append(f"Quick look: each checkpoint is evaluated on the first {eval_subset} test images, and best.pt "
                      f"is chosen on a seeded subset of {eval_subset} (the paper: the whole test set).")
@@ -412,16 +454,23 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
             raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
     spec = TABLES[table]()
     device = resolve_device(device).type
-    infos = _data_for(spec.runs, data)
+    infos = _data_for(spec.sources + spec.runs, data)
     base_cfgs = {ds: _base_config(info, epochs=epochs, eval_subset=eval_subset, device=device, engine=engine)
                  for ds, info in infos.items()}
     os.makedirs(out, exist_ok=True)
-    results = []
-    for run in spec.runs:
+
+    def trained(run) -> Config:
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
         cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out)
         _train_or_resume(cfg, log)
-        evals = {which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log)
+        return cfg
+
+    sources = {run.row: os.path.join(trained(run).out, "best.pt") for run in spec.sources}
+    results = []
+    for run in spec.runs:
+        cfg = trained(run)
+        source = sources[run.source] if run.source else None
+        evals = {which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log, source)
                  for which in spec.checkpoints}
         results.append((run, Measured(cfg.out, _history(cfg.out), evals)))
 
@@ -433,11 +482,13 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
         f.write(markdown)
     report = {
         "table": table, "title": spec.title, "notes": notes, "figures": _figures(table, results, out),
-        "blocks": [{"dataset": b.dataset, "heading": _heading(b.dataset, infos[b.dataset]), "columns": b.columns,
+        "blocks": [{"dataset": b.dataset, "heading": _block_heading(b, infos), "columns": b.columns,
                     "rows": [{"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
                              for label, cells in b.rows]} for b in blocks],
         "runs": [{"dataset": run.dataset, "row": run.row, "column": run.column, "noise": run.noise,
-                  "run_dir": m.run_dir} for run, m in results],
+                  "run_dir": m.run_dir, **({"source": sources[run.source]} if run.source else {})}
+                 for run, m in results],
+        "sources": sources,
     }
     write_json(os.path.join(out, f"{table}.json"), report)
     log("\n" + markdown)

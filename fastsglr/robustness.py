@@ -13,17 +13,19 @@ Attacks, l-inf at radius eps on inputs in [0, 1], the model in eval mode:
   APGD-CE and APGD-T, ...) and the number of images it ran on; a part has no accuracy of its own.
 - ``square``: Square alone (black-box, 5,000 queries).
 - ``transfer``: PGD-20 examples crafted on a ``source`` checkpoint (black-box for the evaluated model).
+  ``transfer-<attack>`` crafts them with another white-box attack on the source: ``transfer-pgd<K>`` (PGD-K) or
+  ``transfer-cw`` (CW, settings as above); Table B.3's black-box columns are ``transfer-pgd10`` and ``transfer-cw``.
 Every attack's output is projected onto the eps-ball and [0, 1] before it is scored, so no attack can step outside
 the threat model. Each attack reports accuracy and the expected calibration error of the model on its outputs.
 
 Sanity checks against gradient masking (Athalye et al., 2018; Carlini et al., 2019), cheap and on by default, on
 the first ``check_images`` images: PGD-20 accuracy does not rise with eps and is 0 at eps = 0.5 (every pixel can
-reach mid-grey); PGD-20 is not above PGD-1 (one step of size eps); black-box accuracy (Square, transfer) is not
-below white-box accuracy, i.e. the worst case over the white-box attacks that ran (PGD-20 and any of PGD-K, CW,
-APGD-CE, APGD-T, FAB-T). AutoAttack's Square sees only the images its white-box parts failed to break, so it has no
-accuracy to compare; its check is the signal AutoAttack's authors describe: Square breaks (almost) none of the images
-every white-box attack failed on. A comparison passes within one image or half a point, whichever is larger. A
-failure is printed as a warning of possible gradient masking and recorded in the report.
+reach mid-grey); PGD-20 is not above PGD-1 (one step of size eps); black-box accuracy (Square and every transfer
+attack) is not below white-box accuracy, i.e. the worst case over the white-box attacks that ran (PGD-20 and any of
+PGD-K, CW, APGD-CE, APGD-T, FAB-T). AutoAttack's Square sees only the images its white-box parts failed to break,
+so it has no accuracy to compare; its check is the signal AutoAttack's authors describe: Square breaks (almost) none
+of the images every white-box attack failed on. A comparison passes within one image or half a point, whichever is
+larger. A failure is printed as a warning of possible gradient masking and recorded in the report.
 """
 import dataclasses
 import os
@@ -46,11 +48,11 @@ from .metrics import CalibrationMeter
 ATTACKS = ("clean", "pgd20", "cw", "autoattack", "square", "transfer")
 DEFAULT_ATTACKS = ("clean", "pgd20", "cw", "autoattack")
 AUTOATTACK_PARTS = ("apgd-ce", "apgd-t", "fab-t", "square")
-BLACK_BOX = ("square", "transfer")  # AutoAttack's Square has a check of its own (see the module docstring)
 WHITE_BOX = ("cw", "autoattack/apgd-ce", "autoattack/apgd-t", "autoattack/fab-t")  # and every pgdK
 NAMES = {"clean": "natural", "cw": "CW-inf", "autoattack": "AutoAttack", "square": "Square", "transfer": "transfer",
          "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T"}
 _PGD = re.compile(r"pgd(\d+)$")
+_TRANSFER = re.compile(r"transfer(?:-(cw|pgd\d+))?$")  # group 1: the crafting attack, absent for plain 'transfer'
 PGD_EPS_LIMIT = 0.5  # at this radius PGD can move every pixel to mid-grey: no model keeps any accuracy
 REPORT_BYTES = 64 << 10  # a report with both of a run's checkpoints takes a few tens of kB
 
@@ -64,7 +66,7 @@ class AttackSettings:
     fab_steps: int = 100
     square_queries: int = 5000
     targets: int = 9             # APGD-T / FAB-T target classes (at most classes - 1)
-    transfer_steps: int = 20     # PGD steps on the source model
+    transfer_steps: int = 20     # PGD steps on the source model of plain 'transfer' (transfer-pgdK takes K)
     check_images: int = 1000     # images the eps sweep and the PGD-1 check run on
 
 
@@ -72,10 +74,13 @@ STANDARD = AttackSettings()
 
 
 def display_name(attack: str) -> str:
-    """'pgd20' -> 'PGD-20', 'autoattack/square' -> 'AutoAttack: Square'."""
+    """'pgd20' -> 'PGD-20', 'autoattack/square' -> 'AutoAttack: Square', 'transfer-cw' -> 'transfer CW-inf'."""
     if "/" in attack:
         whole, part = attack.split("/")
         return f"{display_name(whole)}: {display_name(part)}"
+    transfer = _TRANSFER.match(attack)
+    if transfer and transfer.group(1):
+        return f"{NAMES['transfer']} {display_name(transfer.group(1))}"
     match = _PGD.match(attack)
     return f"PGD-{match.group(1)}" if match else NAMES.get(attack, attack)
 
@@ -84,16 +89,37 @@ def _is_white_box(name) -> bool:
     return name in WHITE_BOX or bool(_PGD.match(name))
 
 
+def _is_black_box(name) -> bool:
+    """Square alone and every transfer attack; AutoAttack's Square has a check of its own (see the docstring)."""
+    return name == "square" or bool(_TRANSFER.match(name))
+
+
+def _crafting_attack(name, settings: AttackSettings):
+    """The white-box attack a transfer attack runs on the source model; None for an attack that is not transfer."""
+    transfer = _TRANSFER.match(name)
+    if not transfer:
+        return None
+    return transfer.group(1) or f"pgd{settings.transfer_steps}"
+
+
+def _is_known(name) -> bool:
+    transfer = _TRANSFER.match(name)
+    if transfer and transfer.group(1):
+        return _is_known(transfer.group(1))
+    match = _PGD.match(name)
+    return name in ATTACKS or bool(match and int(match.group(1)) >= 1)
+
+
 def parse_attacks(attacks, has_source) -> tuple:
     """Attack names from a list or a comma-separated string, checked before any work starts."""
     names = tuple(a.strip() for a in (attacks.split(",") if isinstance(attacks, str) else attacks) if a.strip())
     for name in names:
-        match = _PGD.match(name)
-        if name not in ATTACKS and not (match and int(match.group(1)) >= 1):
-            raise UsageError(f"unknown attack '{name}': choose from {', '.join(ATTACKS)} or pgdK (K steps, e.g. pgd10)")
+        if not _is_known(name):
+            raise UsageError(f"unknown attack '{name}': choose from {', '.join(ATTACKS)}, pgdK (K steps, e.g. "
+                             f"pgd10) or transfer-pgdK / transfer-cw")
     if not names:
         raise UsageError("--attacks is empty: name at least one attack, e.g. clean,pgd20")
-    if "transfer" in names and not has_source:
+    if any(_TRANSFER.match(name) for name in names) and not has_source:
         raise UsageError("the transfer attack needs --source: the checkpoint its adversarial examples are crafted on")
     return names
 
@@ -123,12 +149,13 @@ def _torchattacks_part(part, model, eps, num_classes, settings: AttackSettings, 
 
 
 def _build_attack(name, model, eps, num_classes, settings, seed, source):
+    crafting = _crafting_attack(name, settings)
+    if crafting:  # white-box on the source; the caller scores its examples on the model
+        return _build_attack(crafting, source, eps, num_classes, settings, seed, None)
     if name == "clean":
         return lambda x, y: x
     if name == "cw":
         return _pgd_attack(model, eps, settings.cw_steps, loss="cw")
-    if name == "transfer":
-        return _pgd_attack(source, eps, settings.transfer_steps)
     if name == "square":
         return _torchattacks_part(name, model, eps, num_classes, settings, seed)
     return _pgd_attack(model, eps, int(_PGD.match(name).group(1)))
@@ -138,11 +165,12 @@ def _attack_settings(name, settings: AttackSettings, eps):
     """What the report records about an attack's strength."""
     if name == "clean":
         return {}
+    crafting = _crafting_attack(name, settings)
+    if crafting:
+        return {**_attack_settings(crafting, settings, eps), "crafted_on": "source"}
     common = {"eps": eps}
     if name == "cw":
         return {**common, "steps": settings.cw_steps, "step_size": eps / 4, "loss": "cw", "random_start": True}
-    if name == "transfer":
-        return {**common, "steps": settings.transfer_steps, "step_size": eps / 4, "crafted_on": "source"}
     if name == "square":
         return {**common, "queries": settings.square_queries, "restarts": 1}
     if name == "autoattack":
@@ -265,7 +293,7 @@ def sanity_checks(model, images, labels, *, eps, outcomes, settings, seed, batch
     survivors = torch.stack([o.correct[:m] for o in white_box.values()]).all(dim=0)
     strongest = 100.0 * survivors.sum().item() / m
     names = " + ".join(display_name(n) for n in white_box)
-    for name in (b for b in BLACK_BOX if b in outcomes):
+    for name in filter(_is_black_box, outcomes):
         black = outcomes[name].acc(m)
         checks.append(_check(f"{display_name(name)} (black-box) is not below white-box", black >= strongest - tol,
                              f"{display_name(name)} (black-box) accuracy {black:.1f}% vs white-box ({names}) "

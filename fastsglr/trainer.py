@@ -111,9 +111,10 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     steps = len(train_loader)
 
     def state(epoch, step=0, ranks=None):
-        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset, "epoch": epoch, "step": step,
-                "world_size": world.size, "torchrun": world.launched, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "strategy": strategy.state_dict(), "history": tracker.history, "ranks": ranks}
+        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset, "epoch": epoch,
+                "step": step, "world_size": world.size, "torchrun": world.launched, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(), "history": tracker.history,
+                "ranks": ranks}
 
     if resume:
         saved = load_resume_state(cfg.out, world, map_location=device, log=log)

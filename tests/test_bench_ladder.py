@@ -1,12 +1,10 @@
-"""bench/epochs_per_hour.py --quick on a CPU: the whole ladder runs, the rungs that need CUDA say so, and the JSON,
-markdown and bar chart are written."""
+"""bench/epochs_per_hour.py --quick on a CPU, run as `fastsglr bench --quick`: the whole ladder runs, the rungs that
+need CUDA say so, and the JSON, markdown and bar chart are written."""
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 RUNGS = ["reference eager fp32", "+bf16 autocast", "+channels-last", "+torch.compile", "+fused kernels",
          "+CUDA graph"]
 
@@ -15,8 +13,8 @@ def test_epochs_per_hour_quick(tmp_path):
     out = tmp_path / "ladder.json"
     # The eager rungs must run the fused ops' CPU path, not the Triton interpreter another test module may turn on.
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "epochs_per_hour.py"), "--quick", "--device", "cpu",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-m", "fastsglr", "bench", "--quick", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "cpu" and result["bf16_peak_tflops"] > 0

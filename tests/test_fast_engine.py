@@ -155,6 +155,29 @@ def test_iteration_compiles_whole_and_makes_no_host_sync(compiled_and_reference)
     assert mode.ops > 100  # the mode saw the whole iteration
 
 
+def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
+    """The graph torch.compile builds for the whole iteration (forward, the attack's input gradients, backward, SGD,
+    metrics, all as ATen ops after AOTAutograd), scanned op by op for anything that syncs with the host. This checks
+    the compiled iteration itself, where NoHostSync above can only check its eager twin."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    targets = []
+
+    def record(graph_module, example_inputs):
+        targets.extend(node.target for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module  # run the ATen graph as it is: what it holds is the point, not its speed
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(
+        fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)))
+    run = make_run("cpu", options=FastOptions(compile=True), engine="fast")
+    _, batches = make_data("cpu", 1)
+    run[3].step(batches[0], TrainMeter("cpu"), 0)
+    assert len(targets) > 100  # the whole iteration went through the backend
+    assert torch.ops.aten.convolution_backward.default in targets  # the weight gradients are in this graph
+    assert not [t for t in targets if t in NoHostSync.SYNCING]
+
+
 def test_fast_evaluation_matches_reference_evaluation():
     """evaluate() with a full batch through the compiled step and a last partial batch eagerly: same numbers as
     evaluation.evaluate, which runs the same eval_step eagerly."""

@@ -19,7 +19,7 @@ def _stats(in_channels: int):
 
 
 def test_model_names():
-    assert MODEL_NAMES == ("preactresnet18", "resnet18", "wrn34_10", "wrn28_10", "smallcnn")
+    assert MODEL_NAMES == ("preactresnet18", "resnet18", "resnet34", "resnet50", "wrn34_10", "wrn28_10", "smallcnn")
 
 
 # The big WRNs only get the CIFAR-100 combo to keep the CPU run short; every model sees
@@ -32,6 +32,10 @@ SHAPE_CASES = [
     ("preactresnet18", 3, 32, 100),
     ("resnet18", 1, 8, 10),
     ("resnet18", 3, 32, 100),
+    ("resnet34", 1, 8, 10),     # 8x8 grey: what the transfer table's sources see on digits
+    ("resnet34", 3, 32, 100),
+    ("resnet50", 1, 8, 10),
+    ("resnet50", 3, 32, 100),
     ("wrn34_10", 3, 32, 100),
     ("wrn28_10", 1, 8, 10),
 ]
@@ -57,6 +61,9 @@ def test_every_model_covered_by_shape_cases():
     # (and so the often-quoted 11,171,146) lacks it: 11,171,146 + 2 * 512 = 11,172,170.
     ("preactresnet18", 11_172_170),
     ("resnet18", 11_173_962),
+    # kuangliu/pytorch-cifar's ResNet34 and ResNet50 (the Table B.3 sources); the closed form below agrees.
+    ("resnet34", 21_282_122),
+    ("resnet50", 23_520_842),
     # TRADES' WideResNet also builds an unused `sub_block1`; it never runs, so we omit it.
     ("wrn34_10", 46_160_474),
     ("wrn28_10", 36_479_194),
@@ -65,11 +72,42 @@ def test_parameter_counts(name, expected):
     assert _n_params(build_model(name, num_classes=10)) == expected
 
 
+def _kuangliu_resnet_params(bottleneck: bool, num_blocks, num_classes=10, in_channels=3) -> int:
+    """Parameters of kuangliu's CIFAR ResNet counted from its definition, not from a model: a k x k conv without bias
+    has k*k*in*out weights, a BatchNorm 2 per channel (its running stats are buffers), the linear layer in*out + out.
+    Normalisation here is a layer of buffers only, so it adds nothing."""
+    def conv_bn(k, cin, cout):
+        return k * k * cin * cout + 2 * cout
+
+    total, width = conv_bn(3, in_channels, 64), 64
+    for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
+        for s in [stride] + [1] * (n - 1):
+            out = 4 * planes if bottleneck else planes
+            if bottleneck:
+                total += conv_bn(1, width, planes) + conv_bn(3, planes, planes) + conv_bn(1, planes, out)
+            else:
+                total += conv_bn(3, width, planes) + conv_bn(3, planes, planes)
+            if s != 1 or width != out:  # projection shortcut
+                total += conv_bn(1, width, out)
+            width = out
+    return total + width * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name,bottleneck,num_blocks", [
+    ("resnet18", False, (2, 2, 2, 2)), ("resnet34", False, (3, 4, 6, 3)), ("resnet50", True, (3, 4, 6, 3)),
+])
+def test_resnet_parameter_counts_match_closed_form(name, bottleneck, num_blocks):
+    for num_classes, in_channels in ((10, 3), (100, 1)):
+        model = build_model(name, num_classes=num_classes, in_channels=in_channels)
+        assert _n_params(model) == _kuangliu_resnet_params(bottleneck, num_blocks, num_classes, in_channels)
+
+
 def test_smallcnn_is_small():
     assert _n_params(build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)) < 500_000
 
 
-@pytest.mark.parametrize("name,in_channels", [("smallcnn", 1), ("preactresnet18", 3), ("resnet18", 3)])
+@pytest.mark.parametrize("name,in_channels", [("smallcnn", 1), ("preactresnet18", 3), ("resnet18", 3),
+                                              ("resnet50", 3)])
 def test_normalisation_is_first_layer(name, in_channels):
     mean, std = _stats(in_channels)
     model = build_model(name, in_channels=in_channels, image_size=16, mean=mean, std=std).eval()
@@ -124,7 +162,8 @@ def test_unknown_name():
     with pytest.raises(ValueError, match="unknown model 'vgg16'") as err:
         build_model("vgg16")
     assert str(err.value) == (
-        "unknown model 'vgg16': choose one of preactresnet18, resnet18, wrn34_10, wrn28_10, smallcnn"
+        "unknown model 'vgg16': choose one of preactresnet18, resnet18, resnet34, resnet50, wrn34_10, wrn28_10, "
+        "smallcnn"
     )
 
 

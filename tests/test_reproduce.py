@@ -1,7 +1,7 @@
 """`fastsglr reproduce` with digits standing in for CIFAR-10: table2's grid trains, the rendered table puts the
 paper's numbers beside the measured ones, a second call resumes instead of retraining, runs are shared between
-tables, `reproduce noise` writes noisy copies, Table B.2 and Fig. 4 end to end, and the paper's numbers are
-transcribed consistently."""
+tables, `reproduce noise` writes noisy copies, Table B.2 and Fig. 4 end to end, Table B.3's transfer examples are
+crafted on its sources, and the paper's numbers are transcribed consistently."""
 import glob
 import json
 import os
@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import fastsglr.reproduce as reproduce_module
+import fastsglr.robustness as robustness
 from fastsglr import load_model, paper_numbers
 from fastsglr.cli import main
-from fastsglr.data.datadir import read_data_dir
+from fastsglr.data.datadir import read_data_dir, sha256
 from fastsglr.data.loaders import read_split
 from fastsglr.errors import UsageError
 from fastsglr.reproduce import TABLES, Measured, Run, plot_noise_memorization, reproduce
@@ -195,11 +196,111 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
                    for key in ("train_adv_acc_untouched", "train_adv_memorized_corrupted"))
 
 
+def test_transfer_table_runs(digits_dir, tmp_path):
+    """Table B.3's sources are ResNet-34 / -50 trained with PGD-AT on hard labels, on digits too; its targets are
+    Table 3's AT and AT+SGLR runs, each attacked from both sources."""
+    info = read_data_dir(digits_dir)
+    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
+
+    def configs(runs):
+        return [reproduce_module._run_config(base, info, run, str(tmp_path)) for run in runs]
+
+    spec = TABLES["transfer"]()
+    sources = configs(spec.sources)
+    assert [(c.model, c.method, c.labels) for c in sources] == [("resnet34", "pgd-at", "hard"),
+                                                                  ("resnet50", "pgd-at", "hard")]
+    assert [(run.source, run.row) for run in spec.runs] == [(s, row) for s in ("ResNet-34", "ResNet-50")
+                                                            for row in ("AT", "AT+SGLR")]
+    table3 = [c.out for c in configs(TABLES["table3"]().runs)[:2]]
+    assert [c.out for c in configs(spec.runs)] == table3 * 2
+
+
+def _first_weights(model):
+    return next(model.parameters()).detach().clone()
+
+
+def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch):
+    """`fastsglr reproduce transfer --epochs 1 --eval-subset 30` on digits: every PGD-10 and CW example is crafted on
+    a source's best.pt (never on a target), each cell is the transfer accuracy of the target's best.pt or final.pt
+    against its block's source, beside the paper's number and the difference."""
+    # ResNet-34 / -50 sources cost about 30 s / 55 s per digits epoch on 2 CPU cores: small CNNs with their own seeds
+    # (independently trained, so still black-box) keep this test quick; test_transfer_table_runs checks the ResNets.
+    monkeypatch.setattr(reproduce_module, "TRANSFER_SOURCES", {"ResNet-34": {"seed": 1}, "ResNet-50": {"seed": 2}})
+    crafted, evaluated = [], {}
+    real_pgd, real_evaluate = robustness.pgd, reproduce_module._evaluate
+
+    def spy_pgd(model, x, y, **kwargs):
+        crafted.append((_first_weights(model), kwargs["steps"], kwargs["loss"]))
+        return real_pgd(model, x, y, **kwargs)
+
+    def spy_evaluate(cfg, which, attacks, n, settings, checks, log, source):
+        evaluated[cfg.out, which, source] = real_evaluate(cfg, which, attacks, n, settings, checks, log, source)
+        return evaluated[cfg.out, which, source]
+
+    monkeypatch.setattr(robustness, "pgd", spy_pgd)
+    monkeypatch.setattr(reproduce_module, "_evaluate", spy_evaluate)
+    out = tmp_path / "transfer"
+    assert main(["reproduce", "transfer", "--data", digits_dir, "--out", str(out), "--epochs", "1",
+                 "--eval-subset", "30", "--device", "cpu"]) == 0
+
+    report = _read_json(out / "transfer.json")
+    sources = report["sources"]
+    assert sorted(sources) == ["ResNet-34", "ResNet-50"]
+    for name, seed in (("ResNet-34", 1), ("ResNet-50", 2)):
+        config = _read_json(os.path.join(os.path.dirname(sources[name]), "config.json"))
+        assert (config["labels"], config["method"], config["seed"], config["epochs"]) == ("hard", "pgd-at", seed, 1)
+    targets = {run["row"]: run["run_dir"] for run in report["runs"]}
+    assert set(targets) == {"AT", "AT+SGLR"} and not set(targets.values()) & {os.path.dirname(p)
+                                                                               for p in sources.values()}
+
+    # Crafting (PGD-10 on CE, CW) ran on the sources' best.pt only; the checks' PGD-1 / PGD-20 on the targets. At one
+    # epoch a run's checkpoints are one and the same, so the weights name the run, and best.pt is the one evaluated.
+    checkpoints = [*sources.values(),
+                   *(os.path.join(d, f"{which}.pt") for d in targets.values() for which in ("best", "final"))]
+    weights = {path: _first_weights(load_model(path)) for path in checkpoints}
+
+    def run_of(w):
+        (run_dir,) = {os.path.dirname(p) for p, v in weights.items() if torch.equal(v, w)}
+        return run_dir
+
+    on = {(steps, loss): {run_of(w) for w, s, lo in crafted if (s, lo) == (steps, loss)}
+          for steps, loss in {(s, lo) for _, s, lo in crafted}}
+    source_runs = {os.path.dirname(p) for p in sources.values()}
+    assert on.pop((10, "ce")) == on.pop((30, "cw")) == source_runs
+    assert set(on) <= {(20, "ce"), (1, "ce")} and set().union(*on.values()) == set(targets.values())
+
+    markdown = (out / "transfer.md").read_text()
+    for block, (source, path) in zip(report["blocks"], sources.items()):
+        assert block["heading"] == f"CIFAR-10 (measured on digits): {source} → ResNet-18"
+        assert f"## {block['heading']}" in markdown
+        assert block["columns"] == [f"{a} {c}" for a in ("PGD-10", "CW-inf") for c in ("best", "final", "diff")]
+        assert [row["label"] for row in block["rows"]] == ["AT", "AT+SGLR"]
+        for row in block["rows"]:
+            run_dir = targets[row["label"]]
+            reports = [evaluated[run_dir, which, path] for which in ("best", "final")]
+            for which, r in zip(("best", "final"), reports):
+                assert r["sha256"] == sha256(os.path.join(run_dir, f"{which}.pt"))
+                assert r["source"]["sha256"] == sha256(path)
+            pgd, cw = ([r["attacks"][a]["acc"] for r in reports] for a in ("transfer-pgd10", "transfer-cw"))
+            assert row["measured"] == pytest.approx([*pgd, pgd[0] - pgd[1], *cw, cw[0] - cw[1]])
+            printed = paper_numbers.TRANSFER["cifar10"][source][row["label"]]
+            assert row["paper"] == [*printed["pgd10"], *printed["cw"]]
+            section = markdown.split(f"## {block['heading']}\n")[1].split("\n## ")[0]
+            line = next(line for line in section.splitlines() if line.startswith(f"| {row['label']} |"))
+            for cell, measured, paper_value in zip(line.strip("|").split("|")[1:], row["measured"], row["paper"]):
+                shown, shown_paper, diff = CELL.match(cell.strip()).groups()
+                assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
+                assert float(diff) == pytest.approx(measured - paper_value, abs=0.11)
+    for says in ("digits stands in for CIFAR-10", "1 training epoch per run", "first 30 test images", "source's best.pt"):
+        assert says in markdown
+
+
 def test_paper_numbers_are_consistent():
     """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and the facts gathered
     in REFERENCE.md agree with the transcription."""
+    transfer = {f"cifar10 from {source}": rows for source, rows in paper_numbers.TRANSFER["cifar10"].items()}
     for table, by_dataset in (("table2", paper_numbers.TABLE2), ("table3", paper_numbers.TABLE3),
-                              ("calibration", paper_numbers.CALIBRATION)):
+                              ("calibration", paper_numbers.CALIBRATION), ("transfer", transfer)):
         for dataset, rows in by_dataset.items():
             for row, metrics in rows.items():
                 for metric, (best, final, diff) in metrics.items():

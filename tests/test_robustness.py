@@ -230,6 +230,51 @@ def test_bad_requests_are_one_line_usage_errors(run_dir, options, message):
     assert "\n" not in str(info.value)
 
 
+def test_transfer_attacks_craft_on_the_source_and_count_as_black_box(monkeypatch):
+    """transfer (PGD-transfer_steps), transfer-pgd10 and transfer-cw run their white-box attack on the source and
+    are scored on the model: each accuracy is the model's on the source's examples, recomputed here. Only the sanity
+    checks attack the model itself, and each transfer attack gets the black-box check."""
+    torch.manual_seed(0)
+    model, source = (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) for _ in range(2))
+    images, labels = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    settings = AttackSettings(cw_steps=7, transfer_steps=5, check_images=40)
+    calls = []
+    real_pgd = robustness.pgd
+
+    def spy(attacked, x, y, **kwargs):
+        calls.append((attacked, kwargs["steps"], kwargs["loss"]))
+        return real_pgd(attacked, x, y, **kwargs)
+
+    monkeypatch.setattr(robustness, "pgd", spy)
+    report = evaluate_model(model, images, labels, eps=EPS, num_classes=10, settings=settings, source=source,
+                            attacks="transfer,transfer-pgd10,transfer-cw", log=quiet)
+
+    crafting = {"transfer": (5, "ce"), "transfer-pgd10": (10, "ce"), "transfer-cw": (7, "cw")}
+    assert [(steps, loss) for m, steps, loss in calls if m is source] == list(crafting.values())
+    assert all(steps in (1, 20) and loss == "ce" for m, steps, loss in calls if m is model)  # the checks
+    for name, (steps, loss) in crafting.items():
+        torch.manual_seed(0)  # as evaluate_model seeds each attack
+        x_adv = project(real_pgd(source, images, labels, eps=EPS, step_size=EPS / 4, steps=steps, loss=loss), images,
+                        EPS)
+        assert report["attacks"][name]["acc"] == pytest.approx(_accuracy(model, x_adv, labels))
+        assert report["attacks"][name]["settings"] == {"eps": EPS, "steps": steps, "step_size": EPS / 4, "loss": loss,
+                                                       "random_start": True, "crafted_on": "source"}
+    black_box = [c["name"] for c in report["checks"] if "black-box" in c["name"]]
+    assert black_box == [f"{n} (black-box) is not below white-box" for n in
+                         ("transfer", "transfer PGD-10", "transfer CW-inf")]
+
+
+@pytest.mark.parametrize("attacks,message", [
+    ("transfer-pgd0", "unknown attack 'transfer-pgd0'"),
+    ("transfer-square", "unknown attack 'transfer-square'"),
+    ("transfer-cw", "needs --source"),
+    ("clean,transfer-pgd10", "needs --source"),
+])
+def test_bad_transfer_attacks(attacks, message):
+    with pytest.raises(UsageError, match=message):
+        robustness.parse_attacks(attacks, has_source=False)
+
+
 def test_eps_grid_reaches_mid_grey():
     assert eps_grid(8 / 255) == pytest.approx([0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 0.5], abs=1e-6)
     assert eps_grid(32 / 255) == pytest.approx([0, 16 / 255, 32 / 255, 64 / 255, 0.5], abs=1e-6)

@@ -1,4 +1,5 @@
-"""`fastsglr prepare`: a raw source (CIFAR pickles, digits, synthetic) -> ``train.beton``, ``test.beton``, ``meta.json``."""
+"""`fastsglr prepare`: a raw source (CIFAR pickles, digits, synthetic) -> ``train.beton``, ``test.beton``,
+``meta.json``."""
 import os
 
 import numpy as np

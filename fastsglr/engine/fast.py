@@ -172,11 +172,13 @@ class FastEngine:
     def __init__(self, model, optimizer, strategy, cfg, options: FastOptions | None = None, world=World()):
         self.device = next(model.parameters()).device
         self.options = options or FastOptions.for_device(self.device, cfg.precision)
+        compile_module = world.launched and self.options.compile
         if world.launched:
-            # DDP's gradient all-reduce runs from autograd hooks on NCCL streams; capturing it needs a static DDP
-            # graph and capture-safe NCCL settings that have not been tested here. Under torchrun each iteration is
-            # compiled and replayed eagerly instead.
-            self.options = dataclasses.replace(self.options, cuda_graph=False)
+            # Dynamo cannot trace DDP's Python forward into one graph (fullgraph), and DDP's gradient all-reduce
+            # runs from autograd hooks on NCCL streams, which a capture would need a static DDP graph and
+            # capture-safe NCCL settings for (not tested here). Under torchrun the model is compiled inside DDP
+            # and the iteration around it runs eagerly, uncaptured.
+            self.options = dataclasses.replace(self.options, compile=False, cuda_graph=False)
         if self.options.precision not in AUTOCAST_DTYPES:
             raise UsageError(f"unknown precision '{self.options.precision}': choose one of "
                              f"{', '.join(AUTOCAST_DTYPES)}")
@@ -184,6 +186,8 @@ class FastEngine:
             raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)  # swaps each parameter's data: the optimizer keeps them
+        if compile_module:
+            model = torch.compile(model, dynamic=False, options={"fallback_random": True})
         # DDP after the layout change: its gradient buckets take the parameters' strides when it is built.
         self.model, self.strategy, self.cfg = wrap_model(world, model, cfg.sync_bn), strategy, cfg
         self.optimizer = SGDUpdate(optimizer, self.device)

@@ -9,13 +9,15 @@ from torch import nn
 
 from .normalize import Normalize
 from .preact_resnet import preact_resnet18
-from .resnet import resnet18
+from .resnet import resnet18, resnet34, resnet50
 from .small_cnn import small_cnn
 from .wide_resnet import wrn28_10, wrn34_10
 
 _REGISTRY = {
     "preactresnet18": preact_resnet18,
     "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
     "wrn34_10": wrn34_10,
     "wrn28_10": wrn28_10,
     "smallcnn": small_cnn,

@@ -1,4 +1,4 @@
-"""ResNet-18, CIFAR variant (He et al. 2016, as in github.com/kuangliu/pytorch-cifar):
+"""ResNet-18, -34 and -50, CIFAR variant (He et al. 2016, as in github.com/kuangliu/pytorch-cifar):
 3x3 stride-1 stem without max-pool, so 32x32 inputs reach the last stage at 4x4."""
 import torch
 import torch.nn.functional as F
@@ -7,20 +7,23 @@ from torch import nn
 from .normalize import Normalize
 
 
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """Identity where shapes agree, else the projection (option B of He et al.): 1x1 conv + BN."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
 class BasicBlock(nn.Module):
+    expansion = 1
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -28,8 +31,31 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand to 4x the width."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_planes = self.expansion * planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = _shortcut(in_planes, out_planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
 class ResNet(nn.Module):
-    def __init__(self, num_blocks, num_classes: int, in_channels: int, mean, std):
+    def __init__(self, block, num_blocks, num_classes: int, in_channels: int, mean, std):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
@@ -39,13 +65,13 @@ class ResNet(nn.Module):
         for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
             blocks = []
             for s in [stride] + [1] * (n - 1):
-                blocks.append(BasicBlock(in_planes, planes, s))
-                in_planes = planes
+                blocks.append(block(in_planes, planes, s))
+                in_planes = block.expansion * planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         # Adaptive pooling equals avg_pool2d(4) at 32x32 and also serves smaller inputs.
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(in_planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
@@ -54,4 +80,12 @@ class ResNet(nn.Module):
 
 
 def resnet18(num_classes: int, in_channels: int, mean, std) -> ResNet:
-    return ResNet((2, 2, 2, 2), num_classes, in_channels, mean, std)
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, mean, std)
+
+
+def resnet34(num_classes: int, in_channels: int, mean, std) -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, mean, std)
+
+
+def resnet50(num_classes: int, in_channels: int, mean, std) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, mean, std)
