@@ -32,7 +32,7 @@ from .data.prepare import prepare
 from .errors import UsageError
 from .files import write_json
 from .report import plot_curves
-from .robustness import STANDARD, evaluate_checkpoint, resolve_device
+from .robustness import REPORT_FORMAT, STANDARD, evaluate_checkpoint, resolve_device
 from .trainer import train
 
 import matplotlib.pyplot as plt  # noqa: E402  (after .report, which selects the file-only Agg backend)
@@ -321,10 +321,9 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None
     best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once). ``source``: the
     checkpoint transfer attacks craft their examples on."""
     path = os.path.join(cfg.out, f"{which}.pt")
-    request = {"checkpoint": sha256(path), "attacks": list(attacks), "n": n, "eps": cfg.eps, "checks": checks,
-               "settings": dataclasses.asdict(settings)}
-    if source:  # only then, so that the caches written before sources existed keep their keys
-        request["source"] = sha256(source)
+    # The report format is part of the key: a report of an older format means other numbers, not a cache hit.
+    request = {"format": REPORT_FORMAT, "checkpoint": sha256(path), "attacks": list(attacks), "n": n, "eps": cfg.eps,
+               "checks": checks, "settings": dataclasses.asdict(settings), "source": source and sha256(source)}
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
     cache = os.path.join(cfg.out, f"eval_{key}.json")
     if os.path.isfile(cache):

@@ -54,6 +54,8 @@ NAMES = {"clean": "natural", "cw": "CW-inf", "autoattack": "AutoAttack", "square
 _PGD = re.compile(r"pgd(\d+)$")
 _TRANSFER = re.compile(r"transfer(?:-(cw|pgd\d+))?$")  # group 1: the crafting attack, absent for plain 'transfer'
 PGD_EPS_LIMIT = 0.5  # at this radius PGD can move every pixel to mid-grey: no model keeps any accuracy
+# The report's layout and what its numbers mean; 2: AutoAttack's parts run on the images still robust.
+REPORT_FORMAT = 2
 REPORT_BYTES = 64 << 10  # a report with both of a run's checkpoints takes a few tens of kB
 
 
@@ -382,7 +384,8 @@ def evaluate_checkpoint(path, *, data=None, attacks=DEFAULT_ATTACKS, n=None, eps
     found = evaluate_model(model_from_state(saved, device), images, labels, eps=eps, num_classes=info.num_classes,
                            attacks=attacks, settings=settings, seed=seed, batch_size=batch_size,
                            source=model_from_state(source_state, device) if source else None, checks=checks, log=log)
-    report = {"checkpoint": os.path.abspath(path), "sha256": sha256(path), "epoch": saved.get("epoch"),
+    report = {"format": REPORT_FORMAT, "checkpoint": os.path.abspath(path), "sha256": sha256(path),
+              "epoch": saved.get("epoch"),
               "model": saved["model_spec"]["name"], "data": os.path.abspath(data), "dataset": info.dataset,
               "n": len(labels), "eps": eps, "seed": seed, "device": str(device),
               "settings": dataclasses.asdict(settings), **found}
