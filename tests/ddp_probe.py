@@ -43,7 +43,7 @@ def record_tables(evidence, rank):
 
 if __name__ == "__main__":
     evidence, argv = sys.argv[1], sys.argv[2:]
-    world = init_world("cpu")
+    world = init_world(argv[argv.index("--device") + 1])  # the backend the run itself would pick
     record_orders(evidence, argv[argv.index("--data") + 1], int(argv[argv.index("--batch-size") + 1]), world)
     record_tables(evidence, world.rank)
     sys.exit(main(argv))

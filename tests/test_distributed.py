@@ -158,3 +158,21 @@ def test_fast_engine_under_torchrun_matches_the_reference(runs, tmp_path):
         assert abs(fast["train_loss"] - reference["train_loss"]) < 0.02
         for key in ("train_adv_acc", "train_clean_acc"):
             assert abs(fast[key] - reference[key]) < 3, key
+
+
+@pytest.mark.gpu
+def test_two_gpus_nccl_sync_bn_fast_engine(digits_dir, tmp_path):
+    """On a box with two GPUs (bench/gpu_suite.sh runs the gpu tests): NCCL, SyncBatchNorm and the fast engine in
+    bf16 under torchrun, with the table identical on both ranks after every epoch."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    evidence, out = tmp_path / "evidence", str(tmp_path / "run")
+    evidence.mkdir()
+    args = [a if a != "cpu" else "cuda" for a in _train_args(digits_dir, out, "--sync-bn", "--engine", "fast")]
+    done = subprocess.run(_torchrun(2, os.path.join(HERE, "ddp_probe.py"), str(evidence), *args), env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = [torch.load(evidence / f"tables-rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(*tables, strict=True))
+    rows = _rows(out)
+    assert [r["ranks"] for r in rows] == [2] * EPOCHS and rows[-1]["train_loss"] < rows[0]["train_loss"]
