@@ -210,13 +210,14 @@ def iteration_flops(args, name, info, train_labels, pool, device):
 
 
 def time_rung(args, name, info, train_labels, pool, options, device):
-    """Seconds per iteration after the warm-up (compilation and capture happen there)."""
+    """Seconds per iteration after the warm-up (compilation and capture happen there), and whether the compiled
+    iteration is one graph (None: not compiled)."""
     optimizer, engine = build_run(args, name, info, train_labels, options, device)
     run_steps(optimizer, engine, options, pool, WARMUP_STEPS + 1)
     clock = Clock(device)
     clock.start()
     run_steps(optimizer, engine, options, pool, args.iters, start=WARMUP_STEPS + 1)
-    return clock.stop() / args.iters
+    return clock.stop() / args.iters, getattr(getattr(engine, "train_fn", None), "fullgraph", None)
 
 
 def time_loader(loader, batches, device):
@@ -251,7 +252,7 @@ def bench_model(args, model, info, train_labels, pool, device, peak, result, sav
             continue
         torch._dynamo.reset()  # a fresh compile cache per rung: rungs do not share recompilation limits
         try:
-            seconds = time_rung(args, model, info, train_labels, pool, options, device)
+            seconds, one_graph = time_rung(args, model, info, train_labels, pool, options, device)
         except Exception as exc:  # report the rung and climb on: one failure should not lose the others
             traceback.print_exc()
             row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -263,7 +264,7 @@ def bench_model(args, model, info, train_labels, pool, device, peak, result, sav
         epoch = seconds * iterations_per_epoch
         row.update(status="ok", seconds_per_iteration=seconds, seconds_per_epoch=epoch, epochs_per_hour=3600 / epoch,
                    speedup=reference / seconds if reference else float("nan"), mfu=iteration / seconds / peak,
-                   images_per_second=args.batch_size / seconds)
+                   images_per_second=args.batch_size / seconds, one_graph=one_graph)
         print(f"{model:<16} {name:<22} {epoch:9.2f} s/epoch {3600 / epoch:8.2f} epochs/h "
               f"{row['speedup']:6.2f}x  MFU {100 * row['mfu']:5.1f}%", flush=True)
         save()

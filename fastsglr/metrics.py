@@ -53,8 +53,9 @@ class TrainMeter:
         ])
         self.sums += row
         bad = ~torch.isfinite(loss.detach())
-        self.first_bad_step = torch.where(bad, torch.minimum(self.first_bad_step, torch.as_tensor(step)),
-                                          self.first_bad_step)
+        # In place, like the sums: a captured CUDA graph reads and writes the tensor it saw at capture.
+        self.first_bad_step.copy_(torch.where(bad, torch.minimum(self.first_bad_step, torch.as_tensor(step)),
+                                              self.first_bad_step))
 
     def read(self) -> dict:
         """One host sync: the epoch's averages over every rank, accuracies in percent."""

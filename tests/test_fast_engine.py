@@ -15,7 +15,8 @@ from fastsglr import attacks, labels
 from fastsglr.config import Config
 from fastsglr.data.loaders import Batch
 from fastsglr.engine import build_engine
-from fastsglr.engine.fast import WARMUP_STEPS, DeviceLossScale, FastEngine, FastOptions, SGDUpdate, plain_ops
+from fastsglr.engine.fast import (WARMUP_STEPS, CompiledWhole, DeviceLossScale, FastEngine, FastOptions, SGDUpdate,
+                                  plain_ops)
 from fastsglr.engine.reference import ReferenceEngine
 from fastsglr.evaluation import evaluate
 from fastsglr.kernels import pgd_step, sglr_loss, soft_cross_entropy
@@ -147,12 +148,30 @@ def test_iteration_compiles_whole_and_makes_no_host_sync(compiled_and_reference)
     compiled and the captured iteration too: test_compiled_and_captured_iterations_make_no_host_sync)."""
     from torch._dynamo.utils import counters
 
+    fast = compiled_and_reference[1]
     assert not counters["graph_break"], dict(counters["graph_break"])
+    assert fast[3].train_fn.fullgraph  # the one-graph compile held: no fallback to graph breaks
     eager = make_run("cpu", options=FastOptions(compile=False), engine="fast")
     _, batches = make_data("cpu", 1)
     with NoHostSync() as mode:
         eager[3].step(batches[0], TrainMeter("cpu"), 0)
     assert mode.ops > 100  # the mode saw the whole iteration
+
+
+def test_compiled_whole_falls_back_to_graph_breaks_with_a_warning():
+    """What an older torch that cannot trace the iteration whole gets: a warning, then the same result."""
+    def iteration(x):
+        y = x.sin()
+        torch._dynamo.graph_break()  # stands in for an op an older Dynamo cannot put in the graph
+        return y.cos()
+
+    x = torch.randn(5)
+    compiled = CompiledWhole(iteration)
+    with pytest.warns(UserWarning, match="cannot compile iteration as one graph"):
+        out = compiled(x)
+    assert not compiled.fullgraph
+    torch.testing.assert_close(out, x.sin().cos())
+    torch.testing.assert_close(compiled(x), x.sin().cos())  # no second warning: the broken compile is kept
 
 
 def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):

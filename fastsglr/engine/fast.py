@@ -21,6 +21,7 @@ strategy, ``needs_clean_logits`` (SGLR's end of warm-up), selects the graph: one
 """
 import contextlib
 import dataclasses
+import warnings
 from collections import Counter
 
 import torch
@@ -164,6 +165,34 @@ class DeviceLossScale:
         torch._amp_update_scale_(self.scale_factor, self.growth_tracker, self.found_inf, *self.factors)
 
 
+class CompiledWhole:
+    """``torch.compile(fn, fullgraph=True)``: the iteration as one graph. A torch too old to trace it whole (releases
+    before 2.12 may break the graph at the attack's ``requires_grad_``) gets a warning and a compile with graph
+    breaks instead: the same ops in several graphs, still free of host syncs and still capturable, only slower.
+    ``fullgraph`` says which one runs."""
+
+    def __init__(self, fn):
+        self.fn, self.fullgraph = fn, True
+        self.compiled = self._compile()
+
+    def _compile(self):
+        # fallback_random: compiled code draws from ATen's generator, as eager code does (same numbers).
+        # dynamic=False: one batch shape per graph (training drops the last partial batch).
+        return torch.compile(self.fn, fullgraph=self.fullgraph, dynamic=False, options={"fallback_random": True})
+
+    def __call__(self, *args):
+        try:
+            return self.compiled(*args)
+        except torch._dynamo.exc.Unsupported as exc:  # raised while tracing, before anything ran
+            if not self.fullgraph:
+                raise
+            warnings.warn(f"torch {torch.__version__} cannot compile {self.fn.__name__} as one graph "
+                          f"({str(exc).splitlines()[0]}); compiling it with graph breaks")
+            self.fullgraph = False
+            self.compiled = self._compile()
+            return self.compiled(*args)
+
+
 class FastEngine:
     """Runs ``train_step`` (and ``eval_step`` for ``evaluate``) with the speed switches of ``FastOptions``."""
 
@@ -201,10 +230,7 @@ class FastEngine:
         self.clean, self.adv = CalibrationMeter(self.device), CalibrationMeter(self.device)
         self.graphs, self.warmups = {}, Counter()
         if self.options.compile:
-            # fallback_random: compiled code draws from ATen's generator, as eager code does (same numbers).
-            # dynamic=False: one batch shape per graph (training drops the last partial batch).
-            compile_ = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False, options={"fallback_random": True})
-            self.train_fn, self.eval_fn = compile_(self._train_iteration), compile_(self._eval_batch)
+            self.train_fn, self.eval_fn = CompiledWhole(self._train_iteration), CompiledWhole(self._eval_batch)
         else:
             self.train_fn, self.eval_fn = self._train_iteration, self._eval_batch
 
@@ -262,7 +288,8 @@ class FastEngine:
             return output
         # A capture records without running: this iteration's batch is processed by the first replay below.
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: FFCV's loader thread records CUDA events while the capture runs; that is not part of it.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = fn()
         self.graphs[key] = (graph, output)
         graph.replay()
