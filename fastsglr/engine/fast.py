@@ -166,8 +166,8 @@ class DeviceLossScale:
 
 
 class CompiledWhole:
-    """``torch.compile(fn, fullgraph=True)``: the iteration as one graph. A torch too old to trace it whole (releases
-    before 2.12 may break the graph at the attack's ``requires_grad_``) gets a warning and a compile with graph
+    """``torch.compile(fn, fullgraph=True)``: the iteration as one graph. A torch too old to trace it whole (an older
+    release may break the graph at the attack's ``requires_grad_``) gets a warning and a compile with graph
     breaks instead: the same ops in several graphs, still free of host syncs and still capturable, only slower.
     ``fullgraph`` says which one runs."""
 
