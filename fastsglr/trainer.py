@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .checkpoint import estimate_run_bytes, load_resume_state, save_checkpoint
 from .config import Config
 from .data.datadir import read_data_dir
-from .data.loaders import eval_subset_indices, make_loader, read_labels
+from .data.loaders import eval_subset_indices, make_loader, read_labels, train_steps
 from .distributed import (barrier, broadcast_buffers_, check_ranks_agree, close_world, device_of, epoch_seed,
                           init_world, per_rank_batch, sync_sample_tables)
 from .engine import build_engine
@@ -87,7 +87,7 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
 def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     info = read_data_dir(cfg.data)
     batch_size = per_rank_batch(world, cfg.batch_size)
-    if batch_size > -(-info.counts["train"] // world.size):  # the loaders drop the last partial batch: none left
+    if train_steps(info.counts["train"], batch_size, world) == 0:
         raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
                          f"choose a smaller batch size")
     _open_run_dir(cfg, resume, overwrite, world)
@@ -136,16 +136,8 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
             t0 = time.perf_counter()
             meter, first_step = TrainMeter(device), 0
             if epoch == start_epoch and start_step:  # go on from this rank's position in the saved epoch
-                mine, first_step = ranks[world.rank], start_step
-                torch.set_rng_state(mine["rng_cpu"])
-                if mine["rng_cuda"] is not None:
-                    torch.cuda.set_rng_state(mine["rng_cuda"])
-                for name, buffer in model.named_buffers():  # this rank's BN statistics, not rank 0's
-                    buffer.copy_(mine["buffers"][name])
-                meter.sums.copy_(mine["meter_sums"])
-                meter.first_bad_step.copy_(mine["first_bad_step"])
-                if visited is not None:
-                    visited.copy_(mine["visited"])
+                first_step = start_step
+                _restore_position(ranks[world.rank], model, meter, visited)
             else:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))
                 if visited is not None:
@@ -215,11 +207,28 @@ def _save_interrupted(cfg, world, state, epoch, step, model, meter, visited, tab
     """A mid-epoch last.pt: the tables merged over ranks, and each rank's RNG, BN statistics (per-rank BN drifts
     from rank 0's within a step), metric sums and touched rows."""
     sync_sample_tables(world, tables, visited)
-    mine = {"rng_cpu": torch.get_rng_state(), "buffers": {k: v.cpu() for k, v in model.named_buffers()},
-            "rng_cuda": torch.cuda.get_rng_state() if meter.sums.device.type == "cuda" else None,
-            "meter_sums": meter.sums.cpu(), "first_bad_step": meter.first_bad_step.cpu(),
-            "visited": None if visited is None else visited.cpu()}
-    ranks = _gather(world, mine)
+    ranks = _gather(world, _position(model, meter, visited))
     if world.is_main:
         save_checkpoint(os.path.join(cfg.out, "last.pt"), state(epoch, step, ranks), keep_previous=last_is_epoch_end)
     barrier(world)
+
+
+def _position(model, meter, visited) -> dict:
+    """This rank's place in an epoch: what ``_restore_position`` needs to go on from it exactly."""
+    return {"rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if meter.sums.device.type == "cuda" else None,
+            "buffers": {k: v.cpu() for k, v in model.named_buffers()},
+            "meter_sums": meter.sums.cpu(), "first_bad_step": meter.first_bad_step.cpu(),
+            "visited": None if visited is None else visited.cpu()}
+
+
+def _restore_position(position, model, meter, visited):
+    torch.set_rng_state(position["rng_cpu"])
+    if position["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(position["rng_cuda"])
+    for name, buffer in model.named_buffers():  # this rank's BN statistics, not rank 0's
+        buffer.copy_(position["buffers"][name])
+    meter.sums.copy_(position["meter_sums"])
+    meter.first_bad_step.copy_(position["first_bad_step"])
+    if visited is not None:
+        visited.copy_(position["visited"])

@@ -27,6 +27,12 @@ class Batch(NamedTuple):
     index: torch.Tensor         # (B,) int64: each sample's row in per-sample tables (SGLR, TE)
 
 
+def train_steps(count: int, batch_size: int, world: World) -> int:
+    """Training batches per epoch and rank: the last partial batch is dropped (one CUDA graph per batch shape), and
+    under torchrun each rank gets DistributedSampler's share, ceil(count / ranks) (it pads with repeats)."""
+    return -(-count // world.size) // batch_size
+
+
 def eval_subset_indices(count: int, subset: int, seed: int):
     """A fixed seeded subset of the test split for cheap per-epoch evaluation (None: the whole split)."""
     if not subset or subset >= count:
@@ -66,10 +72,9 @@ class _Loader:
         return self.train and self.world.launched
 
     def __len__(self):
-        n = len(self.indices)
-        if self.sharded:
-            n = -(-n // self.world.size)  # DistributedSampler's per-rank count (it pads with repeats)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        if self.train:
+            return train_steps(len(self.indices), self.batch_size, self.world)
+        return -(-len(self.indices) // self.batch_size)
 
     @property
     def num_samples(self) -> int:
