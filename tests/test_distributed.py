@@ -161,6 +161,37 @@ def test_fast_engine_under_torchrun_matches_the_reference(runs, tmp_path):
             assert abs(fast[key] - reference[key]) < 3, key
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_joined_by_c10d_rendezvous_match_the_single_node_run(runs, tmp_path):
+    """Multi-node torchrun, as two machines would start it: two agents (here on this machine, each with one process)
+    join through a c10d rendezvous on a TCP endpoint, then train like the 2-process single-node run. Each rank
+    computes exactly what it computes there (the same shard, the same random numbers, the same gloo all-reduce of
+    two ranks), so metrics, weights and the label table are equal, not merely close."""
+    out = str(tmp_path / "two-nodes")
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                  "--rdzv_endpoint", f"127.0.0.1:{_free_port()}", "--rdzv_id", f"fastsglr-{os.getpid()}"]
+    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "fastsglr",
+               *_train_args(runs["data"], out)]
+    agents = [subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-2000:]
+    single_node = runs[2][0]
+    assert [r["ranks"] for r in _rows(out)] == [2] * EPOCHS
+    assert _rows(out) == _rows(single_node)
+    a, b = load_checkpoint(os.path.join(single_node, "final.pt")), load_checkpoint(os.path.join(out, "final.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 @pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="needs ffcv (data directories are betons)")
