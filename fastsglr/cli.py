@@ -43,6 +43,8 @@ def _run_prepare(args):
 _TRAIN_FLAGS = [
     ("--data", "data", str, "a data directory written by `fastsglr prepare`"),
     ("--model", "model", str, "preactresnet18 | resnet18 | resnet34 | resnet50 | wrn34_10 | wrn28_10 | smallcnn"),
+    ("--input-norm", "input_norm", str, "data (normalise by the training images' mean/std inside the model) | "
+                                        "none (raw [0, 1] inputs, as the authors' code)"),
     ("--method", "method", str, "pgd-at | trades"),
     ("--labels", "labels", str, "hard | ls | te | sglr"),
     ("--epochs", "epochs", int, "training epochs (paper: 200)"),

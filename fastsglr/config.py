@@ -17,6 +17,7 @@ EMA_INITS = ("onehot", "zeros")
 ENGINES = ("reference", "fast")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOADERS = ("ffcv", "device")
+INPUT_NORMS = ("data", "none")
 DEVICES = ("cpu", "cuda")
 
 
@@ -25,6 +26,8 @@ class Config:
     # --- data and model ---
     data: str = ""                     # a directory written by `fastsglr prepare`
     model: str = "preactresnet18"
+    input_norm: str = "data"           # data (the training images' per-channel mean/std, inside the model) | none (raw
+                                       # [0, 1] inputs, as the authors' SGLS code and TRADES)
     loader: str = "ffcv"               # ffcv | device (the whole data set held on the training device)
 
     # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
@@ -140,6 +143,7 @@ def validate(cfg: Config) -> Config:
     cfg = resolve_device_defaults(cfg)
 
     _check_choice("model", cfg.model, MODEL_NAMES)
+    _check_choice("input normalisation", cfg.input_norm, INPUT_NORMS)
     _check_choice("method", cfg.method, METHODS)
     _check_choice("label strategy", cfg.labels, LABEL_STRATEGIES)
     _check_choice("schedule", cfg.schedule, SCHEDULES)

@@ -94,8 +94,10 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     device = device_of(world, cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
+    normalized = cfg.input_norm == "data"
     model_spec = dict(name=cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                      image_size=info.image_size, mean=info.mean, std=info.std)
+                      image_size=info.image_size, mean=info.mean if normalized else None,
+                      std=info.std if normalized else None)
     model = build_model(**model_spec).to(device)
     strategy = build_label_strategy(cfg, read_labels(info, "train").to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)

@@ -180,3 +180,104 @@ def test_bad_arguments(kwargs):
 def test_normalize_rejects_nonpositive_std():
     with pytest.raises(ValueError):
         Normalize((0.5,), (0.0,))
+
+
+# ---- the authors' ResNet-18 (devicerxx/SGLS models/resnet.py), rebuilt here independently -----------------------
+
+class _AuthorsBlock(torch.nn.Module):
+    """Post-activation basic block: relu(bn(conv)), bn(conv), + shortcut (1x1 conv + BN when the shape changes),
+    relu."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class _AuthorsResNet18(torch.nn.Module):
+    """No input normalisation; He-normal convs drawn after every module exists; avg_pool2d(4) at 32x32."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64)
+        cin, stages = 64, []
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(_AuthorsBlock(cin, cout, stride), _AuthorsBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(512, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                k, out = m.kernel_size, m.out_channels
+                m.weight.data.normal_(0, (2.0 / (k[0] * k[1] * out)) ** 0.5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.layer4(self.layer3(self.layer2(self.layer1(y))))
+        return self.linear(torch.nn.functional.avg_pool2d(y, 4).flatten(1))
+
+
+def test_resnet18_is_the_authors_network_weight_for_weight_and_logit_for_logit():
+    torch.manual_seed(11)
+    ours = build_model("resnet18", num_classes=10)  # no mean/std: raw [0, 1] inputs, as the authors'
+    torch.manual_seed(11)
+    theirs = _AuthorsResNet18(10)
+    # Same modules created in the same order, then the same conv re-draw: the same seed gives the same weights.
+    ours_state = {k: v for k, v in ours.state_dict().items() if not k.startswith("normalize.")}
+    assert list(ours_state) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours_state[key], value), key
+    assert _n_params(ours) == _n_params(theirs) == 11_173_962
+
+    # Any weights (random BN statistics and affine parameters too): the same logits in both modes.
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for name, b in theirs.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    ours.load_state_dict({**theirs.state_dict(), **{k: v for k, v in ours.state_dict().items()
+                                                    if k.startswith("normalize.")}})
+    ours, theirs = ours.double(), theirs.double()  # float64: only the order of additions may differ
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    for mode in (False, True):
+        ours.train(mode), theirs.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_resnet_init_statistics_follow_the_authors_formulas(name):
+    """Convs ~ N(0, sqrt(2 / (k*k*out))) (He-normal, fan-out), BN weight 1 / bias 0, linear at PyTorch's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias. Tolerances: 5 standard errors of the sample mean
+    (sigma / sqrt(n)) and of the sample std (sigma / sqrt(2n)) for a normal sample of n weights."""
+    torch.manual_seed(3)
+    model = build_model(name, num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == {"resnet18": 20, "resnet34": 36, "resnet50": 53}[name]
+    for conv in convs:
+        w = conv.weight.detach().double().flatten()
+        sigma = (2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
+        n = w.numel()
+        assert abs(w.mean().item()) < 5 * sigma / n ** 0.5, conv
+        assert abs(w.std().item() - sigma) < 5 * sigma / (2 * n) ** 0.5, conv
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    linear = model.linear
+    bound = 1.0 / linear.in_features ** 0.5
+    for t in (linear.weight, linear.bias):
+        assert t.abs().max().item() <= bound
+    w = linear.weight.detach().double().flatten()
+    uniform_sd = bound / 3 ** 0.5  # of U(-b, b); the sample std's own sd is about b / sqrt(5 n) for a uniform
+    assert abs(w.std().item() - uniform_sd) < 5 * bound / (5 * w.numel()) ** 0.5

@@ -1,9 +1,19 @@
-"""ResNet-18, -34 and -50, CIFAR variant (He et al. 2016, as in github.com/kuangliu/pytorch-cifar):
-3x3 stride-1 stem without max-pool, so 32x32 inputs reach the last stage at 4x4."""
+"""ResNet-18, -34 and -50, CIFAR variant (He et al. 2016, as in github.com/kuangliu/pytorch-cifar): 3x3 stride-1 stem
+without max-pool, so 32x32 inputs reach the last stage at 4x4; post-activation blocks (conv-BN-ReLU, the sum, then
+ReLU).
+
+ResNet-18 is the paper's network (Sec. 4: "We use ResNet-18 as our default network architecture"), exactly as the
+authors' released code builds it (devicerxx/SGLS, ``models/resnet.py``, which ``scripts/cifar10/run_sgls.sh`` selects
+with ``ARCH=resnet18``): kuangliu's blocks, with every conv weight drawn from N(0, sqrt(2 / (k*k*out_channels)))
+(He-normal, fan-out) and BatchNorm and the linear layer left at PyTorch's defaults. ResNet-34 (a Table B.3 source)
+is the same class there. ResNet-50, the other Table B.3 source, is not in that repository; it is this class with
+kuangliu's Bottleneck, initialised the same way. The authors feed raw [0, 1] inputs; whether a model normalises
+its inputs is the caller's choice (``mean``/``std``, see ``fastsglr.models.build_model``)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import he_normal_convs_
 from .normalize import Normalize
 
 
@@ -72,6 +82,9 @@ class ResNet(nn.Module):
         # Adaptive pooling equals avg_pool2d(4) at 32x32 and also serves smaller inputs.
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, num_classes)
+        # The SGLS code's ResNet.__init__: He-normal convs; its BN fill (weight 1, bias 0) is PyTorch's default, and
+        # the linear layer keeps PyTorch's default (kaiming-uniform weight, uniform bias).
+        he_normal_convs_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))

@@ -1,12 +1,11 @@
 """WideResNet-34-10 / 28-10 as used by TRADES (github.com/yaodongyu/TRADES, models/wideresnet.py)
 and Madry et al.'s CIFAR challenge; Zagoruyko & Komodakis 2016, "Wide Residual Networks".
 Pre-activation blocks, dropout 0."""
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import he_normal_convs_
 from .normalize import Normalize
 # TRADES' wide block is the pre-activation block (projection of the pre-activated input), only wider.
 from .preact_resnet import PreActBlock as WideBlock
@@ -35,11 +34,9 @@ class WideResNet(nn.Module):
 
     def _init_weights(self) -> None:
         # The TRADES initialisation (He normal, fan-out) that published WRN results were trained with.
+        he_normal_convs_(self)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
