@@ -21,7 +21,9 @@ def _add_prepare(sub):
     p.add_argument("--out", required=True, help="the data directory to write")
     p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
                    help="fraction of training labels to corrupt, in [0, 1)")
-    p.add_argument("--noise-type", default="symmetric", choices=NOISE_TYPES)
+    p.add_argument("--noise-type", default="symmetric", choices=NOISE_TYPES,
+                   help="symmetric: resample a RATE share of labels over all classes (the paper's); symmetric-flip: "
+                        "move exactly that share to another class; asymmetric: CIFAR class flips")
     p.add_argument("--seed", type=int, default=0, help="seed of the label noise and of synthetic data")
     p.add_argument("--synthetic-train", type=int, default=50_000, metavar="N", help="synthetic: training images")
     p.add_argument("--synthetic-test", type=int, default=10_000, metavar="N", help="synthetic: test images")
@@ -34,7 +36,7 @@ def _run_prepare(args):
     meta = prepare(args.dataset, args.out, root=args.root, label_noise=args.label_noise, noise_type=args.noise_type,
                    seed=args.seed, synthetic_train=args.synthetic_train, synthetic_test=args.synthetic_test)
     print(f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "
-          f"{meta['num_classes']} classes, label noise {meta['noise']['realised_rate']:.3f}")
+          f"{meta['num_classes']} classes, {meta['noise']['realised_rate']:.1%} of training labels wrong")
     return 0
 
 

@@ -1,7 +1,10 @@
-"""Label noise: exact realised rates, really-changed labels, uniform symmetric targets, the standard asymmetric
-maps (spelled out here by class name, independently of the implementation), reproducibility and errors."""
+"""Label noise: the paper's symmetric noise (labels resampled over all K classes) against its definition's
+binomial statistics; the exact-flip variant's exact realised rates, really-changed labels and uniform targets; the
+standard asymmetric maps (spelled out here by class name, independently of the implementation); reproducibility
+and errors."""
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from fastsglr.data.noise import NOISE_TYPES, corrupt_labels
 from fastsglr.errors import UsageError
@@ -15,14 +18,53 @@ def _labels(n, k, seed=0):
 
 
 def test_noise_types():
-    assert NOISE_TYPES == ("symmetric", "asymmetric")
+    assert NOISE_TYPES == ("symmetric", "symmetric-flip", "asymmetric")
+
+
+@pytest.mark.parametrize("n,k,rate", [(200_000, 10, 0.4), (100_000, 3, 0.8), (60_000, 100, 0.2)])
+def test_symmetric_resamples_over_all_classes(n, k, rate):
+    """The paper's definition (Sec. 4) and the authors' code: a share `rate` of the samples gets a label drawn
+    uniformly from all K classes. So P(noisy = j | clean = c) is rate / K for j != c and 1 - rate + rate / K for
+    j = c, and the wrong-label share is rate * (K - 1) / K. Each count is checked against its binomial distribution:
+    both one-sided tail probabilities of the observed count must exceed 1e-4 / (number of counts checked), a
+    family-wise false alarm of at most 1e-4 (drawing exactly int(rate * N) samples only narrows the spread)."""
+    labels = _labels(n, k, seed=2)
+    before = labels.copy()
+    noisy = corrupt_labels(labels, k, rate, "symmetric", seed=3)
+    np.testing.assert_array_equal(labels, before)  # input untouched
+    assert noisy.dtype == np.int64 and noisy.shape == labels.shape and 0 <= noisy.min() and noisy.max() < k
+
+    checks = 1 + k * k
+
+    def within_binomial(count, trials, p):
+        return min(binom.cdf(count, trials, p), binom.sf(count - 1, trials, p)) > 1e-4 / checks
+
+    chosen = int(rate * n)
+    wrong = int((noisy != labels).sum())
+    assert within_binomial(wrong, chosen, (k - 1) / k), (wrong, chosen * (k - 1) / k)
+    table = np.zeros((k, k), dtype=np.int64)
+    np.add.at(table, (labels, noisy), 1)
+    members = np.bincount(labels, minlength=k)
+    for c in range(k):
+        for j in range(k):
+            p = 1 - rate + rate / k if j == c else rate / k
+            assert within_binomial(table[c, j], members[c], p), (c, j, table[c, j], members[c] * p)
+
+
+def test_symmetric_is_reproducible_exactly_per_seed():
+    labels = _labels(5000, 10)
+    a = corrupt_labels(labels, 10, 0.4, "symmetric", seed=7)
+    np.testing.assert_array_equal(a, corrupt_labels(labels, 10, 0.4, "symmetric", seed=7))
+    assert not np.array_equal(a, corrupt_labels(labels, 10, 0.4, "symmetric", seed=8))
+    # not the exact-flip variant: some resampled labels came back to their true class
+    assert (a != labels).sum() < int(0.4 * 5000)
 
 
 @pytest.mark.parametrize("n,k,rate", [(10_000, 10, 0.37), (999, 100, 0.2), (7, 3, 0.5), (50, 2, 0.8)])
-def test_symmetric_realised_rate_is_exact_and_every_chosen_label_changes(n, k, rate):
+def test_symmetric_flip_realised_rate_is_exact_and_every_chosen_label_changes(n, k, rate):
     labels = _labels(n, k)
     before = labels.copy()
-    noisy = corrupt_labels(labels, k, rate, "symmetric", seed=1)
+    noisy = corrupt_labels(labels, k, rate, "symmetric-flip", seed=1)
     np.testing.assert_array_equal(labels, before)  # input untouched
     assert noisy.dtype == np.int64 and noisy.shape == labels.shape
     assert noisy.min() >= 0 and noisy.max() < k
@@ -30,10 +72,10 @@ def test_symmetric_realised_rate_is_exact_and_every_chosen_label_changes(n, k, r
     assert (noisy != labels).sum() == round(rate * n)
 
 
-def test_symmetric_targets_uniform_over_other_classes_and_choice_uniform_over_samples():
+def test_symmetric_flip_targets_uniform_over_other_classes_and_choice_uniform_over_samples():
     n, k, rate = 200_000, 10, 0.4
     labels = _labels(n, k, seed=2)
-    noisy = corrupt_labels(labels, k, rate, "symmetric", seed=3)
+    noisy = corrupt_labels(labels, k, rate, "symmetric-flip", seed=3)
     changed = noisy != labels
 
     # (original, new) table over the k*(k-1) off-diagonal cells: a loose chi-square (df = 89, mean 89, sd ~13)
@@ -52,7 +94,8 @@ def test_symmetric_targets_uniform_over_other_classes_and_choice_uniform_over_sa
     np.testing.assert_allclose(per_class, rate, atol=0.02)
 
 
-@pytest.mark.parametrize("kind,dataset,k", [("symmetric", "synthetic", 10), ("asymmetric", "cifar10", 10)])
+@pytest.mark.parametrize("kind,dataset,k", [("symmetric", "synthetic", 10), ("symmetric-flip", "synthetic", 10),
+                                            ("asymmetric", "cifar10", 10)])
 def test_reproducible_per_seed(kind, dataset, k):
     labels = _labels(5000, k)
     a = corrupt_labels(labels, k, 0.3, kind, seed=7, dataset=dataset)
@@ -62,7 +105,7 @@ def test_reproducible_per_seed(kind, dataset, k):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kind,dataset", [("symmetric", ""), ("asymmetric", "cifar10")])
+@pytest.mark.parametrize("kind,dataset", [("symmetric", ""), ("symmetric-flip", ""), ("asymmetric", "cifar10")])
 def test_rate_zero_is_an_unchanged_copy(kind, dataset):
     labels = _labels(300, 10)
     noisy = corrupt_labels(labels, 10, 0.0, kind, seed=0, dataset=dataset)
@@ -127,7 +170,7 @@ def test_rate_out_of_range_is_usage_error(rate):
 
 
 def test_unknown_kind_names_the_choices():
-    with pytest.raises(UsageError, match="symmetric, asymmetric"):
+    with pytest.raises(UsageError, match="symmetric, symmetric-flip, asymmetric"):
         corrupt_labels(_labels(10, 10), 10, 0.2, "pairflip", seed=0)
 
 

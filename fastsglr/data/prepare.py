@@ -8,7 +8,7 @@ from ..errors import UsageError
 from .beton import beton_bytes, write_beton
 from ..files import check_free_space, write_json
 from .datadir import sha256
-from .noise import corrupt_labels
+from .noise import NOISE_DEFINITIONS, corrupt_labels
 from .sources import channel_stats, load_raw
 
 
@@ -41,7 +41,9 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
         "std": std,
         # 4 pixels for 32 x 32 images (the CIFAR standard), scaled down for smaller images.
         "crop_padding": max(1, height // 8),
+        # realised_rate: the share of training labels that differ from the clean ones (the wrong-label rate).
         "noise": {"type": noise_type if label_noise else "none", "rate": label_noise, "seed": seed,
+                  "definition": NOISE_DEFINITIONS[noise_type] if label_noise else "none",
                   "realised_rate": float(np.mean(noisy != raw.train.labels))},
         "checksums": {**{f"{s}.beton": sha256(os.path.join(out, f"{s}.beton")) for s in ("train", "test")},
                       **raw.source_files},
