@@ -138,8 +138,9 @@ def _add_eval(sub):
                                    "checkpoint's training settings; AutoAttack uses the original's standard settings.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file, or a run directory (best.pt and final.pt)")
     p.add_argument("--data", help="a data directory (default: the checkpoint's training data)")
-    p.add_argument("--attacks", default="clean,pgd20,cw,autoattack",
-                   help="comma-separated: clean, pgdK (e.g. pgd20), cw, autoattack, square, transfer "
+    p.add_argument("--attacks", default="clean,pgd20,pgd20-sgls,cw,autoattack",
+                   help="comma-separated: clean, pgdK (e.g. pgd20: K steps of eps/4), pgd20-sgls (the authors' "
+                        "evaluator: eps 0.031, step 0.003 at eps 8/255), cw, autoattack, square, transfer "
                         "(PGD-20 on --source), transfer-pgdK, transfer-cw (default: %(default)s)")
     p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: all)")
     p.add_argument("--eps", type=C.parse_fraction, help="l-inf radius, e.g. 8/255 (default: the checkpoint's)")

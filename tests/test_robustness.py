@@ -68,6 +68,40 @@ def test_pgd20_agrees_with_torchattacks(run_dir, digits_dir):
     assert abs(ours["pgd20"]["acc"] - theirs) <= 1.0, (ours["pgd20"]["acc"], theirs)
 
 
+def _authors_pgd20(model, x, y, eps=0.031, step=0.003, steps=20):
+    """devicerxx/SGLS pgd_attack.py's loop, re-written here: uniform start (not clipped to [0, 1]), sign step of the
+    CE gradient, projection onto the eps-ball, then clipping to [0, 1]."""
+    x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def test_pgd20_sgls_is_the_authors_evaluator(run_dir, digits_dir):
+    """At eps 8/255 it is pgd_attack.py's PGD-20 (eps 0.031, step 0.003): the accuracies agree within 1.5 points
+    (random starts differ); at the run's eps 32/255 radius and step are 4 times those."""
+    path = str(run_dir / "final.pt")
+    report = run_eval(path, attacks="clean,pgd20-sgls", eps=8 / 255, checks=False, device="cpu", log=quiet)
+    settings = report["attacks"]["pgd20-sgls"]["settings"]
+    assert (settings["eps"], settings["step_size"], settings["steps"]) == (pytest.approx(0.031), pytest.approx(0.003),
+                                                                          20)
+    model = load_model(path)
+    images, labels, _ = load_test_images(digits_dir, None, "cpu")
+    torch.manual_seed(0)
+    theirs = _accuracy(model, _authors_pgd20(model, images, labels), labels)
+    ours = report["attacks"]["pgd20-sgls"]["acc"]
+    assert ours < report["attacks"]["clean"]["acc"] - 5
+    assert abs(ours - theirs) <= 1.5, (ours, theirs)
+
+    scaled = run_eval(path, attacks="pgd20-sgls", n=8, checks=False, device="cpu", log=quiet)
+    settings = scaled["attacks"]["pgd20-sgls"]["settings"]
+    assert settings["eps"] == pytest.approx(0.031 * 4) and settings["step_size"] == pytest.approx(0.003 * 4)
+
+
 def test_autoattack_at_or_below_pgd20_and_report_holds_everything(run_dir, source_dir, tmp_path):
     path, source = run_dir / "final.pt", source_dir / "final.pt"
     out = tmp_path / "report.json"
