@@ -31,11 +31,13 @@ def plot_curves(runs: dict, path):
 
 
 def summary_table(summaries: dict) -> str:
-    """Markdown: the paper's Best / Final / Diff columns for clean and PGD accuracy, one row per run."""
-    lines = ["| run | clean best | clean final | clean diff | PGD best | PGD final | PGD diff | best epoch |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown: the paper's Best / Final / Diff columns for clean and PGD accuracy, and the engine and precision
+    each run trained with, one row per run."""
+    lines = ["| run | clean best | clean final | clean diff | PGD best | PGD final | PGD diff | best epoch | trained "
+             "with |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         c, p = s["test_clean_acc"], s["test_pgd_acc"]
         lines.append(f"| {name} | {c['best']:.1f} | {c['final']:.1f} | {c['diff']:+.1f} | "
-                     f"{p['best']:.1f} | {p['final']:.1f} | {p['diff']:+.1f} | {s['best_epoch']} |")
+                     f"{p['best']:.1f} | {p['final']:.1f} | {p['diff']:+.1f} | {s['best_epoch']} | "
+                     f"{s['engine']} {s['precision']} |")
     return "\n".join(lines)

@@ -193,7 +193,8 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                 raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
                                   f"fastsglr train --resume {cfg.out}", signum)
 
-    summary = tracker.summary()
+    # How the numbers were made: bf16 moves PGD's sign steps, so a summary says what it was trained with.
+    summary = {**tracker.summary(), "engine": cfg.engine, "precision": cfg.precision, "device": cfg.device}
     if world.is_main:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
         write_json(os.path.join(cfg.out, "summary.json"), summary, fix=resume_fix(cfg.out))

@@ -42,6 +42,7 @@ def test_run_leaves_everything_behind(digits_dir, tmp_path):
     assert summary["test_pgd_acc"]["best"] == best["test_pgd_acc"]
     assert summary["test_pgd_acc"]["final"] == rows[-1]["test_pgd_acc"]
     assert summary["test_pgd_acc"]["diff"] == pytest.approx(best["test_pgd_acc"] - rows[-1]["test_pgd_acc"])
+    assert (summary["engine"], summary["precision"], summary["device"]) == ("reference", "fp32", "cpu")
     config = json.load(open(out / "config.json"))
     assert config["labels"] == "sglr" and config["preset"] == "demo" and config["epochs"] == 3
     model = fastsglr.load_model(str(out / "final.pt"))
