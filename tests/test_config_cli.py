@@ -2,10 +2,12 @@
 import json
 
 import pytest
+import torch
 
 from fastsglr import config as C
 from fastsglr.cli import build_parser, config_from_args, main
 from fastsglr.errors import UsageError
+from fastsglr.labels import build_label_strategy
 
 
 def _cfg(*flags):
@@ -25,7 +27,17 @@ def test_presets_and_explicit_flags_override_them():
     assert (paper.r, paper.temperature, paper.ema_momentum, paper.lam, paper.ema_init, paper.sglr_warmup) == \
         (0.2, 1.5, 0.9, 0.2, "onehot", 0)
     code = _cfg("--preset", "sgls-code")
-    assert (code.r, code.temperature, code.sglr_warmup) == (1.0, 1.0, 90)
+    assert (code.r, code.temperature) == (1.0, 1.0)
+    # The authors' main_adv.py runs epochs 1..200 and their SGLS loss is plain CE while epoch < es, es = 90 in
+    # run_sgls.sh; ours counts epochs from 0: the same epochs must train on hard labels.
+    hard_epochs_theirs = [e - 1 for e in range(1, 201) if e < 90]
+    strategy = build_label_strategy(code, torch.arange(10) % 3, 3)
+    hard_epochs_ours = []
+    for epoch in range(200):
+        strategy.start_epoch(epoch)
+        if not strategy.needs_clean_logits:
+            hard_epochs_ours.append(epoch)
+    assert hard_epochs_ours == hard_epochs_theirs
     mixed = _cfg("--preset", "sgls-code", "--r", "0.5", "--eps", "4/255")
     assert mixed.r == 0.5 and mixed.temperature == 1.0 and mixed.eps == pytest.approx(4 / 255)
 
