@@ -181,6 +181,11 @@ def _add_reproduce(sub):
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
     p.add_argument("--engine", choices=C.ENGINES, help="training engine (default: fast on CUDA, reference on CPU)")
+    p.add_argument("--model", help="the network of every run (default: resnet18 on raw inputs, the paper's; on "
+                                   "digits the demo preset's smallcnn)")
+    p.add_argument("--sglr", choices=("paper", "sgls-code", "both"),
+                   help="table2 / table3: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
+                        "released code (r 1, T 1, warm-up); default: both")
     p.set_defaults(run=_run_reproduce)
 
 
@@ -188,7 +193,7 @@ def _run_reproduce(args):
     from .reproduce import reproduce
 
     reproduce(args.table, args.data, args.out, epochs=args.epochs, eval_subset=args.eval_subset, root=args.root,
-              checks=not args.no_checks, device=args.device, engine=args.engine)
+              checks=not args.no_checks, device=args.device, engine=args.engine, model=args.model, sglr=args.sglr)
     return 0
 
 

@@ -11,7 +11,19 @@ craft transfer examples: they fill no cell.
 Data: ``data`` holds one directory per data set. Each of the table's data sets uses the directory of that data set;
 a directory of a data set the paper does not use (digits, synthetic) stands in for every one that has none, so one
 digits directory gives a quick look at any table. Digits runs use the ``demo`` preset (small CNN, eps 32/255), the
-others the paper's settings; within a table, runs differ only in method, labels, r, T and label noise.
+others the paper's settings and network: ResNet-18 fed raw [0, 1] inputs, as the authors' scripts train it
+(``ARCH=resnet18``, no normalisation); ``model`` overrides the network of every run. Within a table, runs differ only
+in method, labels, the SGLR settings and label noise.
+
+SGLR comes in two variants (``sglr``): ``paper`` (Sec. 4 and Table 4's best: r 0.2, T 1.5, no warm-up) and
+``sgls-code`` (the authors' released code: r 1, T 1, plain CE for the first 89 of 200 epochs). The paper does not
+say which one made Tables 2 and 3 (the released code's README prints their final columns); their SGLR rows appear
+once per variant. A warm-up is stated for the paper's 200 epochs and scales with a run's epochs, as the learning-rate
+milestones (fractions of the epochs) do. Table 4 ablates the paper's r and T, so it runs the ``paper`` formula.
+
+Every accuracy table shows two PGD-20s: the standard one (20 steps of eps/4 from a uniform random start) and the
+authors' final evaluator ``pgd20-sgls`` (eps 0.031, step 0.003 at eps 8/255); the paper does not say which it
+printed, so both carry its number. Each page also says which engine and precision trained its runs.
 
 OUT holds ``runs/<data set>/<run>/`` (trainer run directories, plus cached evaluations ``eval_*.json``), ``data/``
 (the noisy copies of ``noise``), ``<table>.md``, ``<table>.json`` and the figures. Running again resumes: finished
@@ -26,13 +38,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import paper_numbers as paper
-from .config import Config, apply_preset, validate
+from .config import PRESETS, Config, apply_preset, validate
 from .data.datadir import read_data_dir, sha256
+from .data.noise import NOISE_DEFINITIONS
 from .data.prepare import prepare
 from .errors import UsageError
 from .files import write_json
 from .report import plot_curves
-from .robustness import REPORT_FORMAT, STANDARD, evaluate_checkpoint, resolve_device
+from .robustness import REPORT_FORMAT, STANDARD, evaluate_checkpoint, resolve_device, sgls_pgd
 from .trainer import train
 
 import matplotlib.pyplot as plt  # noqa: E402  (after .report, which selects the file-only Agg backend)
@@ -40,6 +53,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after .report, which selects the
 PAPER_DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 PAPER_EPOCHS = 200
 PAPER_MODEL = "ResNet-18"
+# The paper's network as the authors' scripts train it: ARCH=resnet18 on raw [0, 1] inputs.
+PAPER_NETWORK = dict(model="resnet18", input_norm="none")
+# --sglr: which SGLR rows Tables 2 and 3 get. Each variant's settings are the preset of that name.
+SGLR_VARIANTS = ("paper", "sgls-code")
+SGLR_CHOICES = {"paper": ("paper",), "sgls-code": ("sgls-code",), "both": SGLR_VARIANTS}
+SGLR_TABLES = ("table2", "table3")
 LABEL_NAMES = {"hard": "Hard Label", "ls": "Soft Label (LS)", "sglr": "Self-Guided Soft Label"}
 NOISE_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 # Config fields a finished or interrupted run may differ in and still be the same run.
@@ -64,6 +83,7 @@ class Measured:
     run_dir: str
     history: list               # metrics.jsonl rows
     evals: dict                 # "best" / "final" -> robustness report
+    config: dict = field(default_factory=dict)  # the run's config.json
 
 
 @dataclass
@@ -105,8 +125,11 @@ def _final_acc(name):
     return lambda m: m.evals["final"]["attacks"][name]["acc"]
 
 
+# (the paper's metric, column name, value): both PGD-20s stand beside the paper's one PGD-20 number.
 ACCURACY_METRICS = (("natural", "natural", _attack("clean")), ("pgd20", "PGD-20", _attack("pgd20")),
+                    ("pgd20", "PGD-20 (SGLS)", _attack("pgd20-sgls")),
                     ("autoattack", "AutoAttack", _attack("autoattack")))
+ACCURACY_ATTACKS = ("clean", "pgd20", "pgd20-sgls", "autoattack")
 # CalibrationMeter reports ECE in percent; the paper prints fractions.
 ECE_METRICS = (("pgd10", "PGD-10 ECE", _attack("pgd10", "ece", 0.01)),
                ("square", "Square ECE", _attack("square", "ece", 0.01)))
@@ -136,32 +159,51 @@ def _best_final_blocks(metrics, digits=1):
 
 
 def _grid_blocks(corner, measures):
-    """One block whose rows are (run row, measure) and whose columns are the runs' columns."""
+    """One block whose rows are (run row, measure) and whose columns are the runs' columns; a measure is (name,
+    the paper's key for it, value)."""
     def blocks(results):
         cell = {(run.row, run.column): (run, m) for run, m in results}
         rows, columns = dict.fromkeys(r.row for r, _ in results), list(dict.fromkeys(r.column for r, _ in results))
-        table = [(f"{row} {name}".strip(), [(value(cell[row, c][1]), cell[row, c][0].paper.get(name))
+        table = [(f"{row} {name}".strip(), [(value(cell[row, c][1]), cell[row, c][0].paper.get(key))
                                             for c in columns])
-                 for row in rows for name, value in measures]
+                 for row in rows for name, key, value in measures]
         return [Block(results[0][0].dataset, corner, columns, table)]
     return blocks
 
 
-def _table2():
+def _runs(dataset, row, labels, sglr, paper_numbers, **overrides) -> tuple:
+    """A row's run, or for an SGLR row one run per chosen variant, labelled with it ("PGD-AT+SGLR (paper)")."""
+    if labels != "sglr":
+        return (_run(dataset, row, labels=labels, paper=paper_numbers, **overrides),)
+    return tuple(_run(dataset, f"{row} ({variant})", paper=paper_numbers, **{**PRESETS[variant], **overrides})
+                 for variant in SGLR_CHOICES[sglr])
+
+
+def _sglr_note(sglr) -> tuple:
+    shown = {"paper": "(paper): r 0.2, T 1.5, no warm-up (Sec. 4, Table 4's best)",
+             "sgls-code": "(sgls-code): the authors' released loss: r 1, T 1, plain CE for the first 89 of 200 "
+                          "epochs (scaled with the epochs)"}
+    return (f"SGLR rows: {'; '.join(shown[v] for v in SGLR_CHOICES[sglr])}; alpha 0.9, lambda 0.2 in both. The "
+            "paper does not say which made this table; both stand beside its one number.",)
+
+
+def _table2(sglr="both"):
     rows = (("PGD-AT", "hard"), ("PGD-AT+LS", "ls"), ("PGD-AT+TE", "te"), ("PGD-AT+SGLR", "sglr"))
-    runs = tuple(_run("cifar10", row, method="pgd-at", labels=labels, paper=paper.TABLE2["cifar10"][row])
-                 for row, labels in rows)
+    runs = tuple(run for row, labels in rows
+                 for run in _runs("cifar10", row, labels, sglr, paper.TABLE2["cifar10"][row], method="pgd-at"))
     return Table("Table 2: PGD-AT with hard labels, label smoothing (r 0.2), temporal ensembling and SGLR",
-                 runs, ("clean", "pgd20", "autoattack"), ("best", "final"), _best_final_blocks(ACCURACY_METRICS))
+                 runs, ACCURACY_ATTACKS, ("best", "final"), _best_final_blocks(ACCURACY_METRICS),
+                 notes=_sglr_note(sglr) + ("AWP, KD-AT and KD-SWA, the paper's other rows, are not implemented "
+                                           "yet: absent here.",))
 
 
-def _table3():
+def _table3(sglr="both"):
     rows = (("AT", "pgd-at", "hard"), ("AT+SGLR", "pgd-at", "sglr"), ("TRADES", "trades", "hard"),
             ("TRADES+SGLR", "trades", "sglr"))
-    runs = tuple(_run(ds, row, method=method, labels=labels, paper=paper.TABLE3[ds][row])
-                 for ds in ("cifar10", "cifar100") for row, method, labels in rows)
-    return Table("Table 3: PGD-AT and TRADES with and without SGLR", runs, ("clean", "pgd20", "autoattack"),
-                 ("best", "final"), _best_final_blocks(ACCURACY_METRICS))
+    runs = tuple(run for ds in ("cifar10", "cifar100") for row, method, labels in rows
+                 for run in _runs(ds, row, labels, sglr, paper.TABLE3[ds][row], method=method))
+    return Table("Table 3: PGD-AT and TRADES with and without SGLR", runs, ACCURACY_ATTACKS, ("best", "final"),
+                 _best_final_blocks(ACCURACY_METRICS), notes=_sglr_note(sglr))
 
 
 def _table4():
@@ -170,26 +212,33 @@ def _table4():
                       temperature=t if r else Config.temperature,
                       paper={"SA": paper.TABLE4[t]["SA"][i], "RA": paper.TABLE4[t]["RA"][i]})
                  for t in paper.TABLE4_T for i, r in enumerate(paper.TABLE4_R))
-    return Table("Table 4: SGLR ablation over the mixing weight r and the temperature T", runs, ("clean", "pgd20"),
-                 ("final",), _grid_blocks("T", (("SA", _final_acc("clean")), ("RA", _final_acc("pgd20")))),
+    measures = (("SA", "SA", _final_acc("clean")), ("RA", "RA", _final_acc("pgd20")),
+                ("RA (SGLS PGD-20)", "RA", _final_acc("pgd20-sgls")))
+    return Table("Table 4: SGLR ablation over the mixing weight r and the temperature T (the paper's SGLR)", runs,
+                 ("clean", "pgd20", "pgd20-sgls"), ("final",), _grid_blocks("T", measures),
                  notes=("SA / RA: natural / PGD-20 accuracy of the final checkpoint (the paper does not say which "
                         "checkpoint; its r 0.2, T 1.5 cell equals Table 2's best natural and final PGD-20).",))
 
 
-def _noise_gap(m: Measured) -> float:
-    """Final adversarial training accuracy (on the noisy training labels) minus final test PGD-20 accuracy."""
-    return m.history[-1]["train_adv_acc"] - _final_acc("pgd20")(m)
+def _noise_gap(attack):
+    """Final adversarial training accuracy (on the noisy training labels) minus final test accuracy under
+    ``attack``."""
+    return lambda m: m.history[-1]["train_adv_acc"] - _final_acc(attack)(m)
 
 
 def _noise():
     runs = tuple(_run("cifar10", LABEL_NAMES[labels], f"{rate:.0%}", noise=rate, method="pgd-at", labels=labels,
                       paper={"": paper.NOISE[labels].get(rate)})
                  for labels in ("hard", "ls", "sglr") for rate in NOISE_RATES)
+    measures = (("", "", _noise_gap("pgd20")), ("(SGLS PGD-20)", "", _noise_gap("pgd20-sgls")))
     return Table("Table B.2: hard, soft (LS, r 0.2) and self-guided soft labels under symmetric label noise", runs,
-                 ("clean", "pgd20"), ("final",), _grid_blocks("labels / noise", (("", _noise_gap),)),
+                 ("clean", "pgd20", "pgd20-sgls"), ("final",), _grid_blocks("labels / noise", measures),
                  notes=("Each cell: the final train - test robust accuracy gap (adversarial training accuracy on "
                         "the noisy labels minus test PGD-20 accuracy), our reading of Table B.2, whose text speaks "
-                        "of the training and testing gap. The paper prints no 40% column.",))
+                        "of the training and testing gap. The paper prints no 40% column.",
+                        "Symmetric noise as the paper (Sec. 4) and the authors' code define it: a share eta of the "
+                        "training labels is resampled uniformly over all K classes, so fewer than eta come out wrong; "
+                        "a column is named by eta, and the realised wrong-label rates are listed below."))
 
 
 def _calibration():
@@ -253,7 +302,9 @@ def _with_noise(info, rate, out, root, log):
     path = os.path.join(out, "data", f"{info.dataset}-symmetric{rate:g}")
     try:
         noisy = read_data_dir(path)
-        if noisy.noise["rate"] == rate and noisy.noise["type"] == "symmetric":
+        # The definition too: a copy written before "symmetric" meant resampling holds other labels.
+        if (noisy.noise["rate"], noisy.noise["type"], noisy.noise.get("definition")) == \
+                (rate, "symmetric", NOISE_DEFINITIONS["symmetric"]):
             return noisy
     except UsageError:
         pass
@@ -267,10 +318,14 @@ def _with_noise(info, rate, out, root, log):
     return read_data_dir(path)
 
 
-def _base_config(info, *, epochs, eval_subset, device, engine) -> Config:
+def _base_config(info, *, epochs, eval_subset, device, engine, model=None) -> Config:
     cfg = Config(data=info.root, device=device)
     if info.dataset == "digits":
         cfg = apply_preset(cfg, "demo")
+    else:
+        cfg = dataclasses.replace(cfg, **PAPER_NETWORK)
+    if model:
+        cfg = dataclasses.replace(cfg, model=model)
     # Both loaders yield the same batches; holding the split on the device spares worker processes.
     cfg = dataclasses.replace(cfg, loader="device")
     if engine:
@@ -284,7 +339,10 @@ def _base_config(info, *, epochs, eval_subset, device, engine) -> Config:
 
 def _run_config(base: Config, info, run: Run, out) -> Config:
     """The run's config; its directory is named by what differs from the base, so equal runs share a directory."""
-    cfg = dataclasses.replace(base, **dict(run.overrides))
+    overrides = dict(run.overrides)
+    if "sglr_warmup" in overrides:  # stated for the paper's 200 epochs: it scales like the lr milestones
+        overrides["sglr_warmup"] = round(overrides["sglr_warmup"] * base.epochs / PAPER_EPOCHS)
+    cfg = dataclasses.replace(base, **overrides)
     base_fields = base.to_dict()
     extra = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(cfg.to_dict().items())
              if k not in ("method", "labels") and v != base_fields[k]]
@@ -371,15 +429,50 @@ def render(title, blocks, infos, notes) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, checks, results) -> list:
+def _evaluator_notes(table: Table, base_cfgs) -> list:
+    """Which PGD-20s the table's numbers are, and which per-epoch PGD picked best.pt."""
+    notes = []
+    for eps in dict.fromkeys(cfg.eps for cfg in base_cfgs.values()):
+        radius, step = sgls_pgd(eps)
+        if "pgd20" in table.attacks:
+            notes.append(f"PGD-20 at eps {eps * 255:.4g}/255: 20 steps of eps/4 ({eps * 255 / 4:.4g}/255) from a "
+                         f"uniform random start (this project's standard). PGD-20 (SGLS): the authors' final "
+                         f"evaluator (pgd_attack.py: eps 0.031, step 0.003 at eps 8/255, random start), here eps "
+                         f"{radius:.4g}, step {step:.4g}. The paper does not say which PGD-20 it printed: both "
+                         f"stand beside its number.")
+    if "best" in table.checkpoints:
+        shown = ", ".join(dict.fromkeys(f"PGD-{cfg.eval_steps} (steps of eps/4)" for cfg in base_cfgs.values()))
+        notes.append(f"best: the checkpoint of the epoch with the highest per-epoch test {shown} accuracy; "
+                     "diff = best - final.")
+    return notes
+
+
+def _network_note(dataset, info, cfg) -> str:
+    inputs = "raw [0, 1] inputs" if cfg.input_norm == "none" else "inputs normalised by the data's mean / std"
+    if info.dataset != dataset:
+        return (f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}, eps "
+                f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {PAPER_MODEL}, 8/255, {PAPER_EPOCHS} "
+                f"epochs).")
+    paper_network = (cfg.model, cfg.input_norm) == (PAPER_NETWORK["model"], PAPER_NETWORK["input_norm"])
+    return (f"{PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}" +
+            (", the paper's ResNet-18 as the authors' scripts train it (ARCH=resnet18)." if paper_network else
+             f" (the paper: {PAPER_MODEL} on raw inputs)."))
+
+
+def _trained_with(results) -> str:
+    """The engines and precisions the table's runs were trained with, from their config.json."""
+    used = dict.fromkeys(f"{m.config.get('engine', '?')} engine, {m.config.get('precision', '?')} on "
+                         f"{m.config.get('device', '?')}" for _, m in results)
+    return "Trained with: " + "; ".join(used) + (" (every run)." if len(used) == 1 else " (differs between runs).")
+
+
+def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, checks, results, wrong_rates) -> list:
     """What sets this reproduction apart from the paper's, said plainly next to the numbers."""
     notes = list(table.notes)
-    for dataset, info in infos.items():
-        cfg = base_cfgs[dataset]
-        if info.dataset != dataset:
-            notes.append(f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model}, eps "
-                         f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {PAPER_MODEL}, 8/255, "
-                         f"{PAPER_EPOCHS} epochs).")
+    notes += [_network_note(dataset, info, base_cfgs[dataset]) for dataset, info in infos.items()]
+    if wrong_rates:
+        notes.append("Realised wrong-label rates: " + ", ".join(f"eta {rate:.0%}: {wrong:.1%}"
+                                                               for rate, wrong in sorted(wrong_rates.items())) + ".")
     if epochs:
         plural = "s" if epochs != 1 else ""
         notes.append(f"Quick look: {epochs} training epoch{plural} per run (the paper: {PAPER_EPOCHS}).")
@@ -390,9 +483,8 @@ def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, che
               if v != getattr(STANDARD, k)]
     if weaker:
         notes.append("Attack settings differ from the standard ones: " + ", ".join(weaker) + ".")
-    if "best" in table.checkpoints:
-        notes.append("best: the checkpoint of the epoch with the highest per-epoch test PGD accuracy; "
-                     "diff = best - final.")
+    notes += _evaluator_notes(table, base_cfgs)
+    notes.append(_trained_with(results))
     if not checks:
         notes.append("Gradient-masking sanity checks were skipped.")
     notes += [f"Sanity check failed (possible gradient masking), {run.dataset} {run.row} {run.column} {which}: "
@@ -401,9 +493,11 @@ def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, che
     return notes
 
 
-def plot_noise_memorization(results, path):
+def plot_noise_memorization(results, path, wrong_rates=None):
     """The paper's Fig. 4 per noise rate: adversarial training accuracy on the untouched portion (labels kept) and
-    the share of the corrupted portion whose corrupted label is predicted (memorised), per label strategy."""
+    the share of the corrupted portion whose corrupted label is predicted (memorised), per label strategy.
+    ``wrong_rates``: noise rate -> realised wrong-label rate, shown in the titles."""
+    wrong_rates = wrong_rates or {}
     rates = sorted({run.noise for run, _ in results if run.noise})
     fig, axes = plt.subplots(2, len(rates), figsize=(4.2 * len(rates), 6.6), squeeze=False)
     for col, rate in enumerate(rates):
@@ -411,8 +505,9 @@ def plot_noise_memorization(results, path):
             epochs = [row["epoch"] for row in m.history]
             for ax, key in zip(axes[:, col], ("train_adv_acc_untouched", "train_adv_memorized_corrupted")):
                 ax.plot(epochs, [row[key] for row in m.history], color=f"C{i}", label=run.row)
-        axes[0, col].set_title(f"{rate:.0%} noise: untouched portion")
-        axes[1, col].set_title(f"{rate:.0%} noise: corrupted portion")
+        realised = f" ({wrong_rates[rate]:.1%} wrong)" if rate in wrong_rates else ""
+        axes[0, col].set_title(f"{rate:.0%} noise{realised}: untouched portion", fontsize=9)
+        axes[1, col].set_title(f"{rate:.0%} noise{realised}: corrupted portion", fontsize=9)
     for row, ylabel in enumerate(("adversarial accuracy (%)", "predicts the corrupted label (%)")):
         for ax in axes[row]:
             ax.set_xlabel("epoch")
@@ -424,7 +519,7 @@ def plot_noise_memorization(results, path):
     plt.close(fig)
 
 
-def _figures(name, results, out) -> list:
+def _figures(name, results, out, wrong_rates) -> list:
     """The learning and gradient-norm curves of the table's runs on one page (each run once), and Fig. 4 for noise."""
     histories, seen = {}, set()
     for run, m in results:
@@ -435,31 +530,39 @@ def _figures(name, results, out) -> list:
     plot_curves(histories, paths[0])
     if name == "noise":
         paths.append(os.path.join(out, "noise_fig4.png"))
-        plot_noise_memorization(results, paths[1])
+        plot_noise_memorization(results, paths[1], wrong_rates)
     return paths
 
 
 # ------------------------------------------------------------------------------------------------ entry point
 
 def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, settings=STANDARD, checks=True,
-              device=None, engine=None, log=print) -> dict:
+              device=None, engine=None, model=None, sglr=None, log=print) -> dict:
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` None: the config's
-    default for the device."""
+    default for the device; ``model`` None: ResNet-18 (the demo preset's model on digits); ``sglr`` None: both
+    variants (table2 and table3 only)."""
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
+    if sglr is not None and table not in SGLR_TABLES:
+        raise UsageError(f"--sglr applies to {' and '.join(SGLR_TABLES)} only ({table} runs the paper's SGLR): "
+                         f"drop --sglr")
     for flag, value in (("epochs", epochs), ("eval-subset", eval_subset)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
-    spec = TABLES[table]()
+    spec = TABLES[table](sglr or "both") if table in SGLR_TABLES else TABLES[table]()
     device = resolve_device(device).type
     infos = _data_for(spec.sources + spec.runs, data)
-    base_cfgs = {ds: _base_config(info, epochs=epochs, eval_subset=eval_subset, device=device, engine=engine)
-                 for ds, info in infos.items()}
+    base_cfgs = {ds: validate(_base_config(info, epochs=epochs, eval_subset=eval_subset, device=device,
+                                           engine=engine, model=model))
+                 for ds, info in infos.items()}  # validated before anything is written: a bad --model stops here
     os.makedirs(out, exist_ok=True)
+    wrong_rates = {}
 
     def trained(run) -> Config:
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
+        if run.noise:
+            wrong_rates[run.noise] = info.noise["realised_rate"]
         cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out)
         _train_or_resume(cfg, log)
         return cfg
@@ -471,21 +574,24 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
         source = sources[run.source] if run.source else None
         evals = {which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log, source)
                  for which in spec.checkpoints}
-        results.append((run, Measured(cfg.out, _history(cfg.out), evals)))
+        with open(os.path.join(cfg.out, "config.json")) as f:
+            trained_config = json.load(f)
+        results.append((run, Measured(cfg.out, _history(cfg.out), evals, trained_config)))
 
     blocks = spec.blocks(results)
     notes = _notes(spec, infos, base_cfgs, epochs=epochs, eval_subset=eval_subset, settings=settings, checks=checks,
-                   results=results)
+                   results=results, wrong_rates=wrong_rates)
     markdown = render(spec.title, blocks, infos, notes)
     with open(os.path.join(out, f"{table}.md"), "w") as f:
         f.write(markdown)
     report = {
-        "table": table, "title": spec.title, "notes": notes, "figures": _figures(table, results, out),
+        "table": table, "title": spec.title, "notes": notes, "figures": _figures(table, results, out, wrong_rates),
         "blocks": [{"dataset": b.dataset, "heading": _block_heading(b, infos), "columns": b.columns,
                     "rows": [{"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
                              for label, cells in b.rows]} for b in blocks],
         "runs": [{"dataset": run.dataset, "row": run.row, "column": run.column, "noise": run.noise,
-                  "run_dir": m.run_dir, **({"source": sources[run.source]} if run.source else {})}
+                  "run_dir": m.run_dir, "engine": m.config.get("engine"), "precision": m.config.get("precision"),
+                  **({"source": sources[run.source]} if run.source else {})}
                  for run, m in results],
         "sources": sources,
     }
