@@ -336,8 +336,8 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
 
 
 def test_paper_numbers_are_consistent():
-    """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and the facts gathered
-    in REFERENCE.md agree with the transcription."""
+    """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and cells read off the
+    paper's Tables 2-4 (and the SGLS code's README for Table 3's final columns) agree with the transcription."""
     transfer = {f"cifar10 from {source}": rows for source, rows in paper_numbers.TRANSFER["cifar10"].items()}
     for table, by_dataset in (("table2", paper_numbers.TABLE2), ("table3", paper_numbers.TABLE3),
                               ("calibration", paper_numbers.CALIBRATION), ("transfer", transfer)):
