@@ -68,6 +68,8 @@ _TRAIN_FLAGS = [
     ("--te-rampup", "te_rampup", int, "TE: epochs of sigmoid ramp-up of the weight"),
     ("--eval-subset", "eval_subset", int, "evaluate each epoch on a fixed seeded subset of N test images"),
     ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
+    ("--hessian-probes", "hessian_probes", int, "per epoch, the Hessian trace of the adversarial training loss on a "
+                                                "fixed batch by Hutchinson's estimator with this many probes (0: off)"),
     ("--loader", "loader", str, "ffcv | device (whole data set held on the device)"),
     ("--device", "device", str, "cpu | cuda (default: cuda when available)"),
     ("--engine", "engine", str, "fast (compiled; CUDA: channels-last, CUDA graph) | reference (eager fp32); "

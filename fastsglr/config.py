@@ -63,6 +63,8 @@ class Config:
     eval_subset: int = 0               # 0 = whole test set, else a fixed seeded subset of this many images
     eval_steps: int = 20
     eval_step_size: float = 0.0        # 0 = eps / 4
+    hessian_probes: int = 0            # Hutchinson probes of the training loss's Hessian trace per epoch (Fig. B.7,
+                                       # sharpness.py); 0 = not measured
 
     # --- run ---
     device: str = "cpu"
@@ -177,6 +179,7 @@ def validate(cfg: Config) -> Config:
     _check_range("eval_subset", cfg.eval_subset, 0, 10**9)
     _check_range("eval_steps", cfg.eval_steps, 0, 10_000)
     _check_range("eval_step_size", cfg.eval_step_size, 0, 1)
+    _check_range("hessian_probes", cfg.hessian_probes, 0, 10_000)
     for m in cfg.milestones:
         _check_range("milestones", m, 0, 1)
     return cfg

@@ -29,6 +29,7 @@ from .labels import build_label_strategy
 from .metrics import BestFinalTracker, TrainMeter
 from .models import build_model
 from .optim import build_optimizer, lr_at
+from .sharpness import HessianTraceProbe
 from .stop import GracefulStop
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
@@ -106,6 +107,7 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     test_loader = make_loader(cfg.loader, info, "test", 2 * batch_size, device, train=False, seed=cfg.seed,
                               indices=eval_subset_indices(info.counts["test"], cfg.eval_subset, cfg.seed),
                               world=world)
+    hessian = HessianTraceProbe(cfg, info, device) if cfg.hessian_probes else None
     tables = strategy.sample_tables()
     # Under torchrun, the rows of the label tables this rank updated since the last sync.
     visited = torch.zeros(info.counts["train"], dtype=torch.bool, device=device) if world.launched else None
@@ -174,6 +176,7 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
             row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read(),
                    **engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
                                      steps=cfg.eval_steps),
+                   **(hessian.measure(model, epoch) if hessian else {}),
                    "eval_steps": cfg.eval_steps, "ranks": world.size, "train_seconds": train_seconds,
                    "epoch_seconds": time.perf_counter() - t0,
                    "train_images_per_second": world.size * train_loader.num_samples / train_seconds}
