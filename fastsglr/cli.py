@@ -171,7 +171,7 @@ def _add_reproduce(sub):
                                    "and render the table in markdown with the paper's number beside each measured "
                                    "one, plus the runs' curves. Running it again resumes where it stopped.")
     p.add_argument("table", help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1) | "
-                                 "transfer (Table B.3)")
+                                 "transfer (Table B.3) | wrn (Table B.4) | schedules (Fig. B.7)")
     p.add_argument("--data", action="append", required=True, metavar="DATA_DIR",
                    help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
                         "a digits or synthetic directory stands in for every data set not given")
@@ -183,10 +183,10 @@ def _add_reproduce(sub):
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
     p.add_argument("--engine", choices=C.ENGINES, help="training engine (default: fast on CUDA, reference on CPU)")
-    p.add_argument("--model", help="the network of every run (default: resnet18 on raw inputs, the paper's; on "
-                                   "digits the demo preset's smallcnn)")
+    p.add_argument("--model", help="the network of every run (default: resnet18 on raw inputs, the paper's, or "
+                                   "the table's own (wrn: wrn34_10); on digits the demo preset's smallcnn)")
     p.add_argument("--sglr", choices=("paper", "sgls-code", "both"),
-                   help="table2 / table3: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
+                   help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
                         "released code (r 1, T 1, warm-up); default: both")
     p.set_defaults(run=_run_reproduce)
 

@@ -12,10 +12,11 @@ PANELS = (
 )
 
 
-def plot_curves(runs: dict, path):
-    """One page of per-epoch curves; ``runs`` maps a run's name to its metrics history (list of rows)."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (title, series) in zip(axes, PANELS):
+def plot_curves(runs: dict, path, panels=PANELS):
+    """One page of per-epoch curves; ``runs`` maps a run's name to its metrics history (list of rows); ``panels``:
+    (title, ((metrics key, label, line style), ...)) per panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, series) in zip(axes, panels):
         for i, (name, history) in enumerate(runs.items()):
             epochs = [row["epoch"] for row in history]
             for key, label, style in series:

@@ -5,21 +5,25 @@ Tables: ``table2`` (PGD-AT with hard labels, LS, TE and SGLR), ``table3`` (PGD-A
 CIFAR-10 and CIFAR-100), ``table4`` (SGLR's r x T ablation), ``noise`` (Table B.2: hard, LS and SGLR labels under
 0-80% symmetric label noise), ``calibration`` (Table B.1: ECE on PGD-10 and Square examples, best and final) and
 ``transfer`` (Table B.3: PGD-AT and PGD-AT+SGLR targets under black-box PGD-10 and CW-inf examples crafted on
-ResNet-34 and ResNet-50 sources trained with PGD-AT). A table's source runs are trained like its other runs but only
-craft transfer examples: they fill no cell.
+ResNet-34 and ResNet-50 sources trained with PGD-AT), ``wrn`` (Table B.4: PGD-AT and PGD-AT+SGLR on WRN-34-10) and
+``schedules`` (Fig. B.7: vanilla PGD-AT under the piecewise and the cosine learning-rate schedule, per epoch: test
+PGD accuracy, gradient norm and the Hessian trace of the training loss). A table's source runs are trained like its
+other runs but only craft transfer examples: they fill no cell.
 
 Data: ``data`` holds one directory per data set. Each of the table's data sets uses the directory of that data set;
 a directory of a data set the paper does not use (digits, synthetic) stands in for every one that has none, so one
 digits directory gives a quick look at any table. Digits runs use the ``demo`` preset (small CNN, eps 32/255), the
 others the paper's settings and network: ResNet-18 fed raw [0, 1] inputs, as the authors' scripts train it
-(``ARCH=resnet18``, no normalisation); ``model`` overrides the network of every run. Within a table, runs differ only
-in method, labels, the SGLR settings and label noise.
+(``ARCH=resnet18``, no normalisation), or the table's own network (Table B.4: WRN-34-10) where the paper names one;
+``model`` overrides the network of every run. Within a table, runs differ only in method, labels, the SGLR settings,
+label noise and the learning-rate schedule.
 
 SGLR comes in two variants (``sglr``): ``paper`` (Sec. 4 and Table 4's best: r 0.2, T 1.5, no warm-up) and
-``sgls-code`` (the authors' released code: r 1, T 1, plain CE for the first 89 of 200 epochs). The paper does not
-say which one made Tables 2 and 3 (the released code's README prints their final columns); their SGLR rows appear
-once per variant. A warm-up is stated for the paper's 200 epochs and scales with a run's epochs, as the learning-rate
-milestones (fractions of the epochs) do. Table 4 ablates the paper's r and T, so it runs the ``paper`` formula.
+``sgls-code`` (the authors' released code: r 1, T 1, plain CE for the first 89 of 200 epochs). The paper does not say
+which one made Tables 2 and 3 (the released code's README prints their final columns); their SGLR rows appear once per
+variant (Table B.4's too: its ResNet-18 block repeats their numbers). A warm-up is stated for the paper's 200 epochs
+and scales with a run's epochs, as the learning-rate milestones (fractions of the epochs) do. Table 4 ablates the
+paper's r and T, so it runs the ``paper`` formula.
 
 Every accuracy table shows two PGD-20s: the standard one (20 steps of eps/4 from a uniform random start) and the
 authors' final evaluator ``pgd20-sgls`` (eps 0.031, step 0.003 at eps 8/255); the paper does not say which it
@@ -44,7 +48,7 @@ from .data.noise import NOISE_DEFINITIONS
 from .data.prepare import prepare
 from .errors import UsageError
 from .files import write_json
-from .report import plot_curves
+from .report import PANELS, plot_curves
 from .robustness import REPORT_FORMAT, STANDARD, evaluate_checkpoint, resolve_device, sgls_pgd
 from .trainer import train
 
@@ -58,7 +62,7 @@ PAPER_NETWORK = dict(model="resnet18", input_norm="none")
 # --sglr: which SGLR rows Tables 2 and 3 get. Each variant's settings are the preset of that name.
 SGLR_VARIANTS = ("paper", "sgls-code")
 SGLR_CHOICES = {"paper": ("paper",), "sgls-code": ("sgls-code",), "both": SGLR_VARIANTS}
-SGLR_TABLES = ("table2", "table3")
+SGLR_TABLES = ("table2", "table3", "wrn")
 LABEL_NAMES = {"hard": "Hard Label", "ls": "Soft Label (LS)", "sglr": "Self-Guided Soft Label"}
 NOISE_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 # Config fields a finished or interrupted run may differ in and still be the same run.
@@ -94,7 +98,7 @@ class Block:
     corner: str
     columns: list
     rows: list
-    digits: int = 1
+    digits: object = 1          # decimals: one for every column, or a tuple with one per column
     caption: str = ""           # after the data set in the heading, e.g. the transfer source
 
 
@@ -107,6 +111,9 @@ class Table:
     blocks: Callable            # [(Run, Measured)] -> [Block]
     notes: tuple = ()           # what a measured number is, where the paper leaves it open
     sources: tuple = ()         # runs trained only to craft the transfer examples of the runs naming them
+    network: tuple = ()         # Config overrides of the paper's network for this table, where not ResNet-18
+    network_name: str = PAPER_MODEL
+    panels: tuple = PANELS      # the per-epoch curves of the runs' figure (report.plot_curves)
 
 
 # ------------------------------------------------------------------------------------------------ the tables
@@ -140,8 +147,9 @@ TRANSFER_METRICS = (("pgd10", "PGD-10", _attack("transfer-pgd10")), ("cw", "CW-i
 TRANSFER_SOURCES = {"ResNet-34": {"model": "resnet34"}, "ResNet-50": {"model": "resnet50"}}
 
 
-def _best_final_blocks(metrics, digits=1):
-    """Blocks with best / final / diff columns per metric, one block per data set and transfer source."""
+def _best_final_blocks(metrics, digits=1, caption=""):
+    """Blocks with best / final / diff columns per metric, one block per data set and transfer source; ``caption``
+    follows the data set in a heading without a source."""
     def blocks(results):
         out = []
         for dataset, source in dict.fromkeys((run.dataset, run.source) for run, _ in results):
@@ -153,7 +161,8 @@ def _best_final_blocks(metrics, digits=1):
                     cells += zip((best, final, best - final), run.paper.get(key, (None, None, None)))
                 rows.append((run.row, cells))
             columns = [f"{name} {c}" for _, name, _ in metrics for c in ("best", "final", "diff")]
-            out.append(Block(dataset, "method", columns, rows, digits, source and f"{source} → {PAPER_MODEL}"))
+            out.append(Block(dataset, "method", columns, rows, digits,
+                             f"{source} → {PAPER_MODEL}" if source else caption))
         return out
     return blocks
 
@@ -270,8 +279,83 @@ def _transfer():
                  sources=sources)
 
 
+# Table B.4's WRN-34-10 ("ResNet-34-10" in the paper's table) on raw inputs, like its ResNet-18.
+WRN_NETWORK = (("input_norm", "none"), ("model", "wrn34_10"))
+
+
+def _wrn(sglr="both"):
+    rows = (("AT", "hard"), ("AT+SGLR", "sglr"))
+    runs = tuple(run for row, labels in rows
+                 for run in _runs("cifar10", row, labels, sglr, paper.TABLE_B4["cifar10"][row], method="pgd-at"))
+    return Table("Table B.4: PGD-AT and PGD-AT+SGLR on a large network (WRN-34-10)", runs, ACCURACY_ATTACKS,
+                 ("best", "final"), _best_final_blocks(ACCURACY_METRICS, caption="WRN-34-10"),
+                 notes=_sglr_note(sglr) + (
+                     "WRN-34-10: depth 34, widen factor 10 (the table prints \"ResNet-34-10\"), fed raw [0, 1] inputs "
+                     "like the authors' ResNet-18 (the paper does not say how it fed its WRN). On digits the demo "
+                     "preset's small CNN stands in for it, as for every table's network (--model overrides).",
+                     "Table B.4's ResNet-18 block repeats Table 3's AT and AT+SGLR rows: `fastsglr reproduce table3`."),
+                 network=WRN_NETWORK, network_name="WRN-34-10")
+
+
+# Fig. B.7: probes of Hutchinson's estimator per epoch (Config.hessian_probes; sharpness.py defines the loss).
+SCHEDULE_HESSIAN_PROBES = 8
+SCHEDULE_PANELS = (
+    ("test robust accuracy (%)", (("test_pgd_acc", "", "-"),)),
+    ("gradient norm ||grad_w L||", (("grad_norm", "", "-"),)),
+    ("Hessian trace of the training loss", (("hessian_trace", "", "-"),)),
+    ("learning rate", (("lr", "", "-"),)),
+)
+
+
+def _test_pgd(m):
+    return f"test PGD-{m.history[0]['eval_steps']}"
+
+
+def _schedule_blocks(results):
+    """Fig. B.7 as tables: per run, the per-epoch test PGD accuracy's best / final / diff (robust overfitting) and
+    its best epoch; then one row per epoch with each run's test PGD accuracy, gradient norm and Hessian trace."""
+    dataset, pgd = results[0][0].dataset, _test_pgd(results[0][1])
+    summary = []
+    for run, m in results:
+        accs = [row["test_pgd_acc"] for row in m.history]
+        best = max(range(len(accs)), key=accs.__getitem__)  # the first of equals, as best.pt
+        summary.append((run.row, [(v, None) for v in (accs[best], accs[-1], accs[best] - accs[-1],
+                                                      m.history[best]["epoch"])]))
+    blocks = [Block(dataset, "schedule", [f"{pgd} best", f"{pgd} final", f"{pgd} diff", "best epoch"], summary,
+                    (1, 1, 1, 0), "test robust accuracy")]
+    measures = ((pgd, "test_pgd_acc", 1), ("grad norm", "grad_norm", 3), ("tr(H)", "hessian_trace", 2))
+    columns = [f"{run.row} {name}" for run, _ in results for name, _, _ in measures]
+    rows = [(str(row["epoch"]), [(m.history[e][key], None) for _, m in results for _, key, _ in measures])
+            for e, row in enumerate(results[0][1].history)]
+    blocks.append(Block(dataset, "epoch", columns, rows, tuple(d for _ in results for _, _, d in measures),
+                        "per epoch"))
+    return blocks
+
+
+def _schedules():
+    runs = tuple(_run("cifar10", schedule, method="pgd-at", labels="hard", schedule=schedule,
+                      hessian_probes=SCHEDULE_HESSIAN_PROBES) for schedule in ("piecewise", "cosine"))
+    return Table("Fig. B.7: vanilla PGD-AT under the piecewise and the cosine learning-rate schedule", runs, (), (),
+                 _schedule_blocks, panels=SCHEDULE_PANELS,
+                 notes=("Fig. B.7 is a figure: the paper prints no numbers for it (every cell's paper side is –). "
+                        "Its caption names no method; Sec. B.5 speaks of robust overfitting and of the stationary "
+                        "stage of Sec. 3 (vanilla adversarial training), so both runs are PGD-AT with hard labels. "
+                        "It names no network either: the paper's default, ResNet-18 (Sec. 4; Fig. 1, whose stages "
+                        "it revisits, used PreAct ResNet-18: --model preactresnet18).",
+                        "piecewise: lr x0.1 at 50% and 75% of the epochs; cosine: 0.5 lr (1 + cos(pi t)), t the "
+                        "fraction of training done, annealed every step (the paper gives neither schedule's "
+                        "details).",
+                        "grad norm: the per-epoch mean over steps of the gradient norm ||grad_w L||_2 of the "
+                        "training loss (Fig. 1's measure).",
+                        f"tr(H): the Hessian trace of the adversarial training loss, CE(f(x'), y), on one fixed "
+                        f"seeded training batch (batch-size images, no augmentation), x' crafted afresh each epoch "
+                        f"by the training attack, the model in eval mode; Hutchinson's estimator with "
+                        f"{SCHEDULE_HESSIAN_PROBES} Rademacher probes per epoch (the standard error is in "
+                        f"metrics.jsonl as hessian_trace_sem)."))
+
+
 TABLES = {"table2": _table2, "table3": _table3, "table4": _table4, "noise": _noise, "calibration": _calibration,
-          "transfer": _transfer}
+          "transfer": _transfer, "wrn": _wrn, "schedules": _schedules}
 
 
 # ------------------------------------------------------------------------------------------------ data and runs
@@ -337,9 +421,17 @@ def _base_config(info, *, epochs, eval_subset, device, engine, model=None) -> Co
     return cfg
 
 
-def _run_config(base: Config, info, run: Run, out) -> Config:
-    """The run's config; its directory is named by what differs from the base, so equal runs share a directory."""
-    overrides = dict(run.overrides)
+def _network(table: Table, info, model) -> dict:
+    """The table's own network as Config overrides, where the paper's network is trained (see ``_base_config``):
+    not on digits, whose demo preset's small CNN stands in, and not when ``model`` names every run's."""
+    return {} if model or info.dataset == "digits" else dict(table.network)
+
+
+def _run_config(base: Config, info, run: Run, out, network=None) -> Config:
+    """The run's config; its directory is named by what differs from the base, so equal runs share a directory.
+    ``network``: the table's own network (``_network``), overrides like the run's own, so the directory name says
+    it and other tables' runs in OUT stay apart."""
+    overrides = {**(network or {}), **dict(run.overrides)}
     if "sglr_warmup" in overrides:  # stated for the paper's 200 epochs: it scales like the lr milestones
         overrides["sglr_warmup"] = round(overrides["sglr_warmup"] * base.epochs / PAPER_EPOCHS)
     cfg = dataclasses.replace(base, **overrides)
@@ -353,7 +445,7 @@ def _run_config(base: Config, info, run: Run, out) -> Config:
 
 def _check_same_run(cfg: Config):
     with open(os.path.join(cfg.out, "config.json")) as f:
-        saved = json.load(f)
+        saved = Config.from_dict(json.load(f)).to_dict()  # a field added since takes its default, as on resume
     ours = cfg.to_dict()
     differ = sorted(k for k in ours if k not in _NOT_THE_RUN and saved.get(k) != ours[k])
     if differ:
@@ -420,9 +512,10 @@ def render(title, blocks, infos, notes) -> str:
     """The markdown page: one table per block, then the notes."""
     lines = [f"# {title}", "", "Each cell: measured / paper (measured - paper); – where the paper has no number.", ""]
     for b in blocks:
+        digits = b.digits if isinstance(b.digits, tuple) else (b.digits,) * len(b.columns)
         lines += [f"## {_block_heading(b, infos)}", "", f"| {b.corner} | " + " | ".join(b.columns) + " |",
                   "|---" * (len(b.columns) + 1) + "|"]
-        lines += [f"| {label} | " + " | ".join(_cell(m, p, b.digits) for m, p in cells) + " |"
+        lines += [f"| {label} | " + " | ".join(_cell(m, p, d) for (m, p), d in zip(cells, digits)) + " |"
                   for label, cells in b.rows]
         lines.append("")
     lines += ["Notes:", *(f"- {note}" for note in notes)]
@@ -447,16 +540,19 @@ def _evaluator_notes(table: Table, base_cfgs) -> list:
     return notes
 
 
-def _network_note(dataset, info, cfg) -> str:
+def _network_note(dataset, info, cfg, table: Table) -> str:
+    """``cfg``: the base config with the table's network in it, as the runs train it."""
     inputs = "raw [0, 1] inputs" if cfg.input_norm == "none" else "inputs normalised by the data's mean / std"
     if info.dataset != dataset:
         return (f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}, eps "
-                f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {PAPER_MODEL}, 8/255, {PAPER_EPOCHS} "
-                f"epochs).")
-    paper_network = (cfg.model, cfg.input_norm) == (PAPER_NETWORK["model"], PAPER_NETWORK["input_norm"])
-    return (f"{PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}" +
-            (", the paper's ResNet-18 as the authors' scripts train it (ARCH=resnet18)." if paper_network else
-             f" (the paper: {PAPER_MODEL} on raw inputs)."))
+                f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {table.network_name}, 8/255, "
+                f"{PAPER_EPOCHS} epochs).")
+    expected = {**PAPER_NETWORK, **dict(table.network)}
+    if (cfg.model, cfg.input_norm) != (expected["model"], expected["input_norm"]):
+        return (f"{PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs} (the paper: {table.network_name} on raw "
+                f"inputs).")
+    trained_as = "" if table.network else " as the authors' scripts train it (ARCH=resnet18)"
+    return f"{PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}, the paper's {table.network_name}{trained_as}."
 
 
 def _trained_with(results) -> str:
@@ -466,19 +562,24 @@ def _trained_with(results) -> str:
     return "Trained with: " + "; ".join(used) + (" (every run)." if len(used) == 1 else " (differs between runs).")
 
 
-def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, checks, results, wrong_rates) -> list:
+def _notes(table: Table, infos, base_cfgs, *, epochs, eval_subset, settings, checks, results, wrong_rates,
+           model) -> list:
     """What sets this reproduction apart from the paper's, said plainly next to the numbers."""
     notes = list(table.notes)
-    notes += [_network_note(dataset, info, base_cfgs[dataset]) for dataset, info in infos.items()]
+    notes += [_network_note(dataset, info, dataclasses.replace(base_cfgs[dataset], **_network(table, info, model)),
+                            table) for dataset, info in infos.items()]
     if wrong_rates:
         notes.append("Realised wrong-label rates: " + ", ".join(f"eta {rate:.0%}: {wrong:.1%}"
                                                                for rate, wrong in sorted(wrong_rates.items())) + ".")
     if epochs:
         plural = "s" if epochs != 1 else ""
         notes.append(f"Quick look: {epochs} training epoch{plural} per run (the paper: {PAPER_EPOCHS}).")
-    if eval_subset:
+    if eval_subset and table.checkpoints:
         notes.append(f"Quick look: each checkpoint is evaluated on the first {eval_subset} test images, and best.pt "
                      f"is chosen on a seeded subset of {eval_subset} (the paper: the whole test set).")
+    elif eval_subset:
+        notes.append(f"Quick look: the per-epoch test accuracy is measured on a seeded subset of {eval_subset} test "
+                     f"images (the paper: the whole test set).")
     weaker = [f"{k} {v} (standard {getattr(STANDARD, k)})" for k, v in dataclasses.asdict(settings).items()
               if v != getattr(STANDARD, k)]
     if weaker:
@@ -519,7 +620,7 @@ def plot_noise_memorization(results, path, wrong_rates=None):
     plt.close(fig)
 
 
-def _figures(name, results, out, wrong_rates) -> list:
+def _figures(name, results, out, wrong_rates, panels) -> list:
     """The learning and gradient-norm curves of the table's runs on one page (each run once), and Fig. 4 for noise."""
     histories, seen = {}, set()
     for run, m in results:
@@ -527,7 +628,7 @@ def _figures(name, results, out, wrong_rates) -> list:
             seen.add(m.run_dir)
             histories[" ".join(filter(None, (run.row, run.column)))] = m.history
     paths = [os.path.join(out, f"{name}_curves.png")]
-    plot_curves(histories, paths[0])
+    plot_curves(histories, paths[0], panels)
     if name == "noise":
         paths.append(os.path.join(out, "noise_fig4.png"))
         plot_noise_memorization(results, paths[1], wrong_rates)
@@ -540,13 +641,13 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
               device=None, engine=None, model=None, sglr=None, log=print) -> dict:
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` None: the config's
-    default for the device; ``model`` None: ResNet-18 (the demo preset's model on digits); ``sglr`` None: both
-    variants (table2 and table3 only)."""
+    default for the device; ``model`` None: ResNet-18 or the table's own network (the demo preset's model on
+    digits); ``sglr`` None: both variants (table2, table3 and wrn only)."""
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
     if sglr is not None and table not in SGLR_TABLES:
-        raise UsageError(f"--sglr applies to {' and '.join(SGLR_TABLES)} only ({table} runs the paper's SGLR): "
-                         f"drop --sglr")
+        raise UsageError(f"--sglr applies to {', '.join(SGLR_TABLES[:-1])} and {SGLR_TABLES[-1]} only ({table} has "
+                         f"no SGLR variants): drop --sglr")
     for flag, value in (("epochs", epochs), ("eval-subset", eval_subset)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
@@ -563,7 +664,8 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
         if run.noise:
             wrong_rates[run.noise] = info.noise["realised_rate"]
-        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out)
+        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out,
+                          _network(spec, infos[run.dataset], model))
         _train_or_resume(cfg, log)
         return cfg
 
@@ -580,12 +682,13 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
 
     blocks = spec.blocks(results)
     notes = _notes(spec, infos, base_cfgs, epochs=epochs, eval_subset=eval_subset, settings=settings, checks=checks,
-                   results=results, wrong_rates=wrong_rates)
+                   results=results, wrong_rates=wrong_rates, model=model)
     markdown = render(spec.title, blocks, infos, notes)
     with open(os.path.join(out, f"{table}.md"), "w") as f:
         f.write(markdown)
     report = {
-        "table": table, "title": spec.title, "notes": notes, "figures": _figures(table, results, out, wrong_rates),
+        "table": table, "title": spec.title, "notes": notes,
+        "figures": _figures(table, results, out, wrong_rates, spec.panels),
         "blocks": [{"dataset": b.dataset, "heading": _block_heading(b, infos), "columns": b.columns,
                     "rows": [{"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
                              for label, cells in b.rows]} for b in blocks],

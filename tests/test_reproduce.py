@@ -151,7 +151,7 @@ def test_sglr_variants_and_the_papers_network(digits_dir, tmp_path):
     other = reproduce_module._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None,
                                           model="preactresnet18")
     assert (other.model, other.input_norm) == ("preactresnet18", "none")
-    with pytest.raises(UsageError, match="--sglr applies to table2 and table3 only"):
+    with pytest.raises(UsageError, match="--sglr applies to table2, table3 and wrn only"):
         reproduce("table4", digits_dir, str(tmp_path / "t4"), sglr="both", **QUICK)
     assert not (tmp_path / "t4").exists()
 
@@ -355,3 +355,96 @@ def test_paper_numbers_are_consistent():
     robust = {(t, r): paper_numbers.TABLE4[t]["RA"][i] for t in paper_numbers.TABLE4_T
               for i, r in enumerate(paper_numbers.TABLE4_R)}
     assert max(robust, key=robust.get) == (1.5, 0.2)  # "best robust accuracy at r = 0.2, T = 1.5"
+
+
+def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
+    """`reproduce wrn` (Table B.4) on digits: AT and both AT+SGLR variants, trained by the demo preset's small CNN
+    (the stand-in's network, stated in the notes), are Table 2's runs (same directory, cached evaluations), beside the
+    paper's WRN-34-10 numbers; on CIFAR-10 its runs train WRN-34-10 on raw inputs, apart from Table 3's ResNet-18
+    runs, and --model overrides it."""
+    out, first = table2
+    report = reproduce("wrn", digits_dir, str(out), **QUICK)
+    table2_runs = {run["row"]: run["run_dir"] for run in first["runs"]}
+    runs = {run["row"]: run["run_dir"] for run in report["runs"]}
+    assert runs == {"AT": table2_runs["PGD-AT"], "AT+SGLR (paper)": table2_runs["PGD-AT+SGLR (paper)"],
+                    "AT+SGLR (sgls-code)": table2_runs["PGD-AT+SGLR (sgls-code)"]}
+    (block,) = report["blocks"]
+    assert block["heading"] == "CIFAR-10 (measured on digits): WRN-34-10"
+    markdown = report["markdown"]
+    for row in block["rows"]:
+        reports = [_read_json(path) for path in sorted(glob.glob(os.path.join(runs[row["label"]], "eval_*.json")))]
+        by_checkpoint = {r["sha256"]: r for r in reports}
+        best, final = (by_checkpoint[sha256(os.path.join(runs[row["label"]], f"{w}.pt"))] for w in ("best", "final"))
+        expected = []
+        for attack in ("clean", "pgd20", "pgd20-sgls", "autoattack"):
+            b, f = best["attacks"][attack]["acc"], final["attacks"][attack]["acc"]
+            expected += [b, f, b - f]
+        assert row["measured"] == pytest.approx(expected)
+        printed = paper_numbers.TABLE_B4["cifar10"][row["label"].split(" (")[0]]
+        assert row["paper"] == [v for metric in ("natural", "pgd20", "pgd20", "autoattack") for v in printed[metric]]
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {row['label']} |"))
+        for cell, measured, paper_value in zip(line.strip("|").split("|")[1:], row["measured"], row["paper"]):
+            shown, shown_paper, diff = CELL.match(cell.strip()).groups()
+            assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
+    for says in ("digits stands in for CIFAR-10: model smallcnn", "(the paper: WRN-34-10, 8/255, 200 epochs)",
+                 "the table prints \"ResNet-34-10\"", "`fastsglr reproduce table3`", "(sgls-code): the authors'"):
+        assert says in markdown, says
+
+    cifar = dataclasses.replace(read_data_dir(digits_dir), dataset="cifar10")
+    base = reproduce_module._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
+    wrn, table3 = TABLES["wrn"](), TABLES["table3"]()
+    configs = [reproduce_module._run_config(base, cifar, run, str(tmp_path), reproduce_module._network(wrn, cifar, None))
+               for run in wrn.runs]
+    assert {(c.model, c.input_norm) for c in configs} == {("wrn34_10", "none")}
+    at_resnet = reproduce_module._run_config(base, cifar, table3.runs[0], str(tmp_path))
+    assert at_resnet.model == "resnet18" and at_resnet.out not in {c.out for c in configs}
+    assert reproduce_module._network(wrn, cifar, "preactresnet18") == {}
+
+
+def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
+    """`reproduce schedules` (Fig. B.7) on digits: PGD-AT with hard labels under the piecewise and the cosine
+    schedule, each epoch's Hessian trace in metrics.jsonl with the stated number of probes; the piecewise run trains
+    exactly as Table 2's PGD-AT run, which does not measure it (same weights, same per-epoch numbers); the rendered
+    tables show every epoch's test PGD accuracy, gradient norm and trace, and the best / final / diff."""
+    out, first = table2
+    report = reproduce("schedules", digits_dir, str(out), **QUICK)
+    runs = {run["row"]: run["run_dir"] for run in report["runs"]}
+    assert list(runs) == ["piecewise", "cosine"]
+    histories = {name: reproduce_module._history(d) for name, d in runs.items()}
+    for name, run_dir in runs.items():
+        config = _read_json(os.path.join(run_dir, "config.json"))
+        assert (config["method"], config["labels"], config["schedule"], config["hessian_probes"]) == \
+            ("pgd-at", "hard", name, reproduce_module.SCHEDULE_HESSIAN_PROBES)
+        assert all(np.isfinite(row["hessian_trace"]) and row["hessian_trace_sem"] > 0 for row in histories[name])
+    # cosine: 0.5 lr (1 + cos(pi t)) at the epoch's last step (1347 // 64 = 21 steps per epoch)
+    steps = 1347 // 64
+    assert [row["lr"] for row in histories["cosine"]] == pytest.approx(
+        [0.5 * 0.05 * (1 + np.cos(np.pi * (e + (steps - 1) / steps) / 2)) for e in range(2)])
+    assert [row["lr"] for row in histories["piecewise"]] == pytest.approx([0.05, 0.005])
+
+    hard = next(run["run_dir"] for run in first["runs"] if run["row"] == "PGD-AT")
+    assert all("hessian_trace" not in row for row in reproduce_module._history(hard))
+    for key in ("train_loss", "train_adv_acc", "grad_norm", "test_pgd_acc"):
+        assert [row[key] for row in histories["piecewise"]] == [row[key] for row in reproduce_module._history(hard)]
+    assert all(torch.equal(a, b) for a, b in zip(load_model(os.path.join(hard, "final.pt")).state_dict().values(),
+                                                  load_model(os.path.join(runs["piecewise"], "final.pt"))
+                                                  .state_dict().values()))
+
+    summary, per_epoch = report["blocks"]
+    for row in summary["rows"]:
+        accs = [r["test_pgd_acc"] for r in histories[row["label"]]]
+        best = int(np.argmax(accs))
+        assert row["measured"] == pytest.approx([accs[best], accs[-1], accs[best] - accs[-1], best + 1])
+    assert per_epoch["columns"] == [f"{name} {m}" for name in runs for m in ("test PGD-10", "grad norm", "tr(H)")]
+    for e, row in enumerate(per_epoch["rows"]):
+        assert row["label"] == str(e + 1)
+        assert row["measured"] == [histories[name][e][key] for name in runs
+                                   for key in ("test_pgd_acc", "grad_norm", "hessian_trace")]
+        assert row["paper"] == [None] * 6
+    markdown = report["markdown"]
+    trace = histories["cosine"][1]["hessian_trace"]
+    assert f"| 2 | {histories['piecewise'][1]['test_pgd_acc']:.1f} / – |" in markdown and f"{trace:.2f} / – |" in markdown
+    for says in (f"Hutchinson's estimator with {reproduce_module.SCHEDULE_HESSIAN_PROBES} Rademacher probes",
+                 "Its caption names no method", "measured on a seeded subset of 64 test images"):
+        assert says in markdown, says
+    assert os.path.getsize(out / "schedules_curves.png") > 0
