@@ -337,10 +337,11 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
 
 def test_paper_numbers_are_consistent():
     """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and cells read off the
-    paper's Tables 2-4 (and the SGLS code's README for Table 3's final columns) agree with the transcription."""
+    paper's Tables 2-4 and B.4 (and the SGLS code's README for Table 3's final columns) agree with the transcription."""
     transfer = {f"cifar10 from {source}": rows for source, rows in paper_numbers.TRANSFER["cifar10"].items()}
     for table, by_dataset in (("table2", paper_numbers.TABLE2), ("table3", paper_numbers.TABLE3),
-                              ("calibration", paper_numbers.CALIBRATION), ("transfer", transfer)):
+                              ("calibration", paper_numbers.CALIBRATION), ("transfer", transfer),
+                              ("table_b4", paper_numbers.TABLE_B4)):
         for dataset, rows in by_dataset.items():
             for row, metrics in rows.items():
                 for metric, (best, final, diff) in metrics.items():
@@ -352,6 +353,8 @@ def test_paper_numbers_are_consistent():
     assert c10["TRADES+SGLR"]["pgd20"][:2] == (55.8, 55.4)
     assert paper_numbers.TABLE3["cifar100"]["AT+SGLR"]["pgd20"][:2] == (34.5, 34.3)
     assert paper_numbers.TABLE2["cifar10"]["PGD-AT+LS"]["pgd20"][:2] == (53.7, 48.9)
+    wrn = paper_numbers.TABLE_B4["cifar10"]  # Table B.4, WRN-34-10 block
+    assert wrn["AT"]["pgd20"][:2] == (55.9, 50.2) and wrn["AT+SGLR"]["autoattack"][:2] == (54.3, 52.3)
     robust = {(t, r): paper_numbers.TABLE4[t]["RA"][i] for t in paper_numbers.TABLE4_T
               for i, r in enumerate(paper_numbers.TABLE4_R)}
     assert max(robust, key=robust.get) == (1.5, 0.2)  # "best robust accuracy at r = 0.2, T = 1.5"
