@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from fastsglr.config import Config
+from fastsglr.data.beton import ffcv_available
 from fastsglr.data.datadir import DataInfo, read_data_dir
 from fastsglr.data.loaders import DeviceLoader, FFCVLoader
 from fastsglr.data.sources import channel_stats, load_raw
@@ -81,20 +82,12 @@ def skip_reason(options, device):
 # ---- Data -------------------------------------------------------------------------------------------------------
 
 class ArrayLoader(DeviceLoader):
-    """The GPU-resident loader over arrays already in memory (DeviceLoader reads them from a beton, with FFCV)."""
+    """The GPU-resident loader over arrays already in memory (DeviceLoader reads them from a data directory)."""
 
     def __init__(self, info, images, labels, batch_size, device, seed=0):
         super(DeviceLoader, self).__init__(info, "train", batch_size, device, train=True, seed=seed)
         self.images = torch.from_numpy(images).to(self.device)
         self.labels = self.clean_labels = torch.from_numpy(labels).to(self.device)
-
-
-def ffcv_available():
-    try:
-        import ffcv  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def training_data(args, device):
@@ -282,7 +275,7 @@ def bench_loaders(args, info, loader, device, engine_images_per_second):
             if not args.data:
                 from fastsglr.data.prepare import prepare
                 prepare("synthetic", tmp, synthetic_train=args.images, synthetic_test=1, log=lambda *_: None)
-            ffcv_info = read_data_dir(args.data or tmp)
+            ffcv_info = read_data_dir(args.data or tmp, loader="ffcv")
             ffcv_loader = FFCVLoader(ffcv_info, "train", args.batch_size, device, train=True, seed=0,
                                      num_workers=os.cpu_count() or 1)
             rows.append({"loader": "ffcv", "status": "ok",
@@ -363,8 +356,6 @@ def main(argv=None, prog=None):
     parser.add_argument("--iters", type=int, help="timed iterations per rung (default 20; --quick: 2)")
     parser.add_argument("--out", help="write FILE.json, FILE.md and FILE.png")
     args = parser.parse_args(argv)
-    if args.data and not ffcv_available():
-        parser.error("--data names betons, which only ffcv reads: install ffcv, or leave --data out (synthetic data)")
     device = torch.device(args.device)
     args.models = args.models or (["smallcnn"] if args.quick else ["preactresnet18", "wrn34_10"])
     args.iters = args.iters or (2 if args.quick else 20)

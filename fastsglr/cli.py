@@ -14,8 +14,9 @@ def _add_prepare(sub):
     from .data.noise import NOISE_TYPES
     from .data.sources import DATASETS
 
-    p = sub.add_parser("prepare", help="write a data directory (train.beton, test.beton, meta.json)",
-                       description="Read a raw data set, optionally corrupt its training labels, and write FFCV files.")
+    p = sub.add_parser("prepare", help="write a data directory (train.npz, test.npz, meta.json; betons with FFCV)",
+                       description="Read a raw data set, optionally corrupt its training labels, and write its arrays "
+                                   "(and FFCV files where FFCV is installed).")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", help="where the raw files are (CIFAR: the python-pickle release or its .tar.gz)")
     p.add_argument("--out", required=True, help="the data directory to write")
@@ -70,7 +71,8 @@ _TRAIN_FLAGS = [
     ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
     ("--hessian-probes", "hessian_probes", int, "per epoch, the Hessian trace of the adversarial training loss on a "
                                                 "fixed batch by Hutchinson's estimator with this many probes (0: off)"),
-    ("--loader", "loader", str, "ffcv | device (whole data set held on the device)"),
+    ("--loader", "loader", str, "ffcv (streams the betons) | device (whole data set held on the device); "
+                                "default: ffcv where it can be imported, else device"),
     ("--device", "device", str, "cpu | cuda (default: cuda when available)"),
     ("--engine", "engine", str, "fast (compiled; CUDA: channels-last, CUDA graph) | reference (eager fp32); "
                                 "default: fast on CUDA, reference on CPU"),

@@ -28,7 +28,8 @@ class Config:
     model: str = "preactresnet18"
     input_norm: str = "data"           # data (the training images' per-channel mean/std, inside the model) | none (raw
                                        # [0, 1] inputs, as the authors' SGLS code and TRADES)
-    loader: str = "ffcv"               # ffcv | device (the whole data set held on the training device)
+    loader: str = ""                   # ffcv (streaming) | device (the data set held on the training device);
+                                       # "" = ffcv where it can be imported, else device
 
     # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
     method: str = "pgd-at"             # pgd-at (Madry) | trades
@@ -107,7 +108,7 @@ PRESETS = {
     "sgls-code": dict(labels="sglr", r=1.0, temperature=1.0, ema_momentum=0.9, lam=0.2, ema_init="onehot",
                       sglr_warmup=89),
     # A few minutes on 2 CPU cores: the small CNN on 8x8 digits, where eps 8/255 would be too weak to matter.
-    "demo": dict(model="smallcnn", loader="ffcv", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=30,
+    "demo": dict(model="smallcnn", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=30,
                  batch_size=64, lr=0.05, eval_steps=10),
 }
 
@@ -132,11 +133,15 @@ def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
 
 
 def resolve_device_defaults(cfg: Config) -> Config:
-    """Fill the settings whose default depends on the device: the fast engine in bf16 on CUDA; on CPU the
-    reference engine in fp32 (compiling on a CPU costs more than it saves on small runs)."""
+    """Fill the settings whose default depends on the machine: the fast engine in bf16 on CUDA; on CPU the
+    reference engine in fp32 (compiling on a CPU costs more than it saves on small runs); the FFCV loader where FFCV
+    can be imported, else the device-held one (both yield the same batches)."""
+    from .data.beton import ffcv_available
+
     on_cuda = cfg.device == "cuda"
     return dataclasses.replace(cfg, engine=cfg.engine or ("fast" if on_cuda else "reference"),
-                               precision=cfg.precision or ("bf16" if on_cuda and cfg.engine != "reference" else "fp32"))
+                               precision=cfg.precision or ("bf16" if on_cuda and cfg.engine != "reference" else "fp32"),
+                               loader=cfg.loader or ("ffcv" if ffcv_available() else "device"))
 
 
 def validate(cfg: Config) -> Config:
@@ -157,6 +162,10 @@ def validate(cfg: Config) -> Config:
     if cfg.engine == "reference" and cfg.precision != "fp32":
         raise UsageError(f"--precision {cfg.precision} needs the fast engine: add --engine fast")
     _check_choice("loader", cfg.loader, LOADERS)
+    if cfg.loader == "ffcv":
+        from .data.beton import require_ffcv
+
+        require_ffcv()
     _check_choice("device", cfg.device, DEVICES)
     if cfg.sync_bn and cfg.device != "cuda":
         raise UsageError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel): drop --sync-bn")

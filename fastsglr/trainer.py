@@ -86,7 +86,7 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
 
 
 def _train(cfg: Config, world, resume, overwrite, log) -> dict:
-    info = read_data_dir(cfg.data)
+    info = read_data_dir(cfg.data, cfg.loader)
     batch_size = per_rank_batch(world, cfg.batch_size)
     if train_steps(info.counts["train"], batch_size, world) == 0:
         raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from fastsglr.checkpoint import load_checkpoint, save_checkpoint
 from fastsglr.cli import main
+from fastsglr.data.beton import ffcv_available
 from fastsglr.errors import UsageError
 from fastsglr.files import write_json
 
@@ -25,7 +27,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "### Bad input and the errors it gets"
 # Placeholders in the table's commands. Shared ones are made once for the module (RUN_PLACES); the others are paths
 # in each row's own scratch folder.
-RUN_PLACES = ("DIGITS", "SYNTH", "RUN", "CKPT", "CIFAR_CKPT", "NOT_CKPT", "TRUNCATED_CKPT", "NO_BETON",
+RUN_PLACES = ("DIGITS", "SYNTH", "RUN", "CKPT", "CIFAR_CKPT", "NOT_CKPT", "TRUNCATED_CKPT", "NO_ARRAYS", "NO_BETON",
               "SWAPPED_BETON")
 ROW_PLACES = ("OUT", "NOWHERE", "FULL")
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]{2,}\b")  # in a command; in an error line only the names above count
@@ -92,13 +94,15 @@ def places(digits_dir, noisy_digits_dir, tmp_path_factory):
     ckpt = root / "run" / "final.pt"
     torch.save(load_checkpoint(str(ckpt))["model"], root / "weights.pt")  # plain torch weights: not ours
     (root / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    no_arrays = shutil.copytree(digits_dir, root / "no_arrays")
+    os.remove(no_arrays / "train.npz")
     no_beton = shutil.copytree(digits_dir, root / "no_beton")
     os.remove(no_beton / "train.beton")
     swapped = shutil.copytree(digits_dir, root / "swapped_beton")  # same shape and size, other labels
     shutil.copy(os.path.join(noisy_digits_dir, "train.beton"), swapped / "train.beton")
     return {"DIGITS": digits_dir, "SYNTH": str(synth), "RUN": str(root / "run"), "CKPT": str(ckpt),
             "CIFAR_CKPT": str(root / "cifar_run" / "final.pt"), "NOT_CKPT": str(root / "weights.pt"),
-            "TRUNCATED_CKPT": str(root / "truncated.pt"), "NO_BETON": str(no_beton),
+            "TRUNCATED_CKPT": str(root / "truncated.pt"), "NO_ARRAYS": str(no_arrays), "NO_BETON": str(no_beton),
             "SWAPPED_BETON": str(swapped), "ROOT": str(root)}  # ROOT: not a placeholder, what rows must not touch
 
 
@@ -131,7 +135,7 @@ def _files(*roots):
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.input for r in ROWS])
-def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys):
+def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys, monkeypatch):
     if "--device cuda" in row.command and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     paths = {**places, "OUT": str(tmp_path / "out"), "NOWHERE": str(tmp_path / "nowhere"), "FULL": full_device}
@@ -143,7 +147,16 @@ def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys):
     argv = [fill(arg) for arg in shlex.split(row.command)[1:]]
     before = _files(places["ROOT"], places["DIGITS"], tmp_path)
 
-    code = main(argv)
+    without_ffcv = "needs FFCV, which cannot be imported" in row.error
+    if without_ffcv:  # the row's machine: `import ffcv` fails there
+        monkeypatch.setitem(sys.modules, "ffcv", None)
+        ffcv_available.cache_clear()
+    try:
+        code = main(argv)
+    finally:
+        if without_ffcv:
+            monkeypatch.undo()
+            ffcv_available.cache_clear()
 
     assert (code, capsys.readouterr().err) == (2, f"fastsglr: error: {fill(row.error)}\n")
     written = {f: s for f, s in _files(places["ROOT"], places["DIGITS"], tmp_path).items() if before.get(f) != s}

@@ -1,19 +1,25 @@
-"""The data path: prepare -> beton -> loaders. Betons read back pixel-exact; loaders visit every index once per
-epoch, augment correctly, keep the clean labels, and the FFCV and device-held loaders yield identical batches."""
+"""The data path: prepare -> arrays (and betons, with FFCV) -> loaders. Arrays read back pixel-exact and the betons
+hold the same records; loaders visit every index once per epoch, augment correctly, keep the clean labels, and the
+FFCV and device-held loaders yield identical batches."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from fastsglr.cli import main
+from fastsglr.data.arrays import read_arrays, write_arrays
 from fastsglr.data.augment import epoch_generator, flip_crop
+from fastsglr.data.beton import ffcv_available
 from fastsglr.data.datadir import read_data_dir
 from fastsglr.data.loaders import DeviceLoader, FFCVLoader, eval_subset_indices, read_split
 from fastsglr.data.noise import corrupt_labels
 from fastsglr.data.sources import load_raw
 from fastsglr.errors import UsageError
+
+needs_ffcv = pytest.mark.skipif(not ffcv_available(), reason="needs ffcv (the streaming loader)")
 
 
 def _variants(image_chw, padding):
@@ -48,34 +54,50 @@ def test_prepare_digits_reads_back_pixel_exact(digits_dir):
     raw = load_raw("digits")
     assert info.image_shape == (8, 8, 1) and info.num_classes == 10 and info.crop_padding == 1
     for split, part in (("train", raw.train), ("test", raw.test)):
-        images, labels, clean, index = read_split(info, split)
-        assert np.array_equal(index, np.arange(len(part.labels)))
+        images, labels, clean = read_split(info, split)
         assert np.array_equal(images, part.images)
         assert np.array_equal(labels, part.labels) and np.array_equal(clean, part.labels)
     meta = json.load(open(os.path.join(digits_dir, "meta.json")))
     assert meta["counts"] == {"train": len(raw.train.labels), "test": len(raw.test.labels)}
-    assert set(meta["checksums"]) >= {"train.beton", "test.beton"}
+    assert set(meta["checksums"]) >= {"train.npz", "test.npz"}
     # mean/std are the training images' per-channel statistics in [0, 1] units
     assert np.allclose(meta["mean"], raw.train.images.reshape(-1, 1).mean(0) / 255, atol=1e-6)
 
 
+@needs_ffcv
+def test_betons_hold_the_arrays_records(noisy_digits_dir):
+    """Every record of both betons, read in order by the FFCV loader without augmentation, is the arrays' sample of
+    that index: the two loaders read the same data."""
+    info = read_data_dir(noisy_digits_dir, loader="ffcv")
+    assert set(json.load(open(os.path.join(noisy_digits_dir, "meta.json")))["checksums"]) >= {"train.beton",
+                                                                                                "test.beton"}
+    for split in ("train", "test"):
+        images, labels, clean = read_split(info, split)
+        batches = list(FFCVLoader(info, split, 100, "cpu", train=False, seed=0))
+        assert np.array_equal(torch.cat([b.index for b in batches]).numpy(), np.arange(len(images)))
+        expected = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        assert torch.equal(torch.cat([b.images for b in batches]), expected)
+        assert np.array_equal(torch.cat([b.labels for b in batches]).numpy(), labels)
+        assert np.array_equal(torch.cat([b.clean_labels for b in batches]).numpy(), clean)
+
+
 def test_label_noise_is_recorded_and_clean_labels_kept(noisy_digits_dir):
     info = read_data_dir(noisy_digits_dir)
-    _, labels, clean, _ = read_split(info, "train")
+    _, labels, clean = read_split(info, "train")
     rate = np.mean(labels != clean)
     # symmetric noise resamples int(0.3 N) labels over all 10 classes: about 27% come out wrong, never more than 30%
     assert 0.2 < rate <= int(0.3 * len(labels)) / len(labels)
     assert info.noise["type"] == "symmetric" and info.noise["realised_rate"] == pytest.approx(rate)
     assert "resampled uniformly over all K classes" in info.noise["definition"]
     assert np.array_equal(clean, load_raw("digits").train.labels)
-    _, test_labels, test_clean, _ = read_split(info, "test")
+    _, test_labels, test_clean = read_split(info, "test")
     assert np.array_equal(test_labels, test_clean), "only the training split gets noise"
 
 
-@pytest.mark.parametrize("kind", ["ffcv", "device"])
+@pytest.mark.parametrize("kind", [pytest.param("ffcv", marks=needs_ffcv), "device"])
 def test_train_loader_visits_every_index_once_and_augments(noisy_digits_dir, kind):
     info = read_data_dir(noisy_digits_dir)
-    images, labels, clean, _ = read_split(info, "train")
+    images, labels, clean = read_split(info, "train")
     loader = (FFCVLoader if kind == "ffcv" else DeviceLoader)(info, "train", 64, "cpu", train=True, seed=3)
     orders = []
     for epoch in range(2):
@@ -97,8 +119,9 @@ def test_train_loader_visits_every_index_once_and_augments(noisy_digits_dir, kin
     assert not np.array_equal(orders[0], orders[1]), "each epoch reshuffles"
 
 
+@needs_ffcv
 def test_ffcv_and_device_loaders_yield_identical_batches(digits_dir):
-    info = read_data_dir(digits_dir)
+    info = read_data_dir(digits_dir, loader="ffcv")
     kw = dict(train=True, seed=5)
     ffcv, dev = FFCVLoader(info, "train", 50, "cpu", **kw), DeviceLoader(info, "train", 50, "cpu", **kw)
     for loader in (ffcv, dev):
@@ -108,7 +131,7 @@ def test_ffcv_and_device_loaders_yield_identical_batches(digits_dir):
             assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("kind", ["ffcv", "device"])
+@pytest.mark.parametrize("kind", [pytest.param("ffcv", marks=needs_ffcv), "device"])
 def test_test_loader_in_order_and_subset(digits_dir, kind):
     info = read_data_dir(digits_dir)
     n = info.counts["test"]
@@ -126,13 +149,37 @@ def test_bad_data_directories_are_named(tmp_path, digits_dir):
         read_data_dir(str(tmp_path / "nowhere"))
     with pytest.raises(UsageError, match="meta.json is missing"):
         read_data_dir(str(tmp_path))
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in ("meta.json", "test.beton"):
-        (broken / f).write_bytes(open(os.path.join(digits_dir, f), "rb").read())
-    (broken / "train.beton").write_bytes(b"not a beton")
-    with pytest.raises(UsageError, match="train.beton"):
+    broken = shutil.copytree(digits_dir, tmp_path / "broken")
+    os.remove(broken / "test.npz")
+    with pytest.raises(UsageError, match=f"^{broken}/test.npz is missing: run `fastsglr prepare`"):
         read_data_dir(str(broken))
+    (broken / "test.npz").write_bytes(open(os.path.join(digits_dir, "test.npz"), "rb").read()[:-10])
+    with pytest.raises(UsageError, match=f"^{broken}/test.npz does not match the checksum in meta.json"):
+        read_data_dir(str(broken))
+
+
+@needs_ffcv
+def test_bad_betons_are_named(tmp_path, digits_dir):
+    broken = shutil.copytree(digits_dir, tmp_path / "broken")
+    (broken / "train.beton").write_bytes(b"not a beton")
+    read_data_dir(str(broken))  # the device-held loader reads the arrays only
+    with pytest.raises(UsageError, match=f"^{broken}/train.beton is not a readable FFCV file"):
+        read_data_dir(str(broken), loader="ffcv")
+
+
+def test_arrays_that_do_not_fit_meta_json_are_named(tmp_path, digits_dir):
+    """The checks on reading the arrays themselves (meta.json edited by hand, or a file written by hand)."""
+    info = read_data_dir(digits_dir)
+    path = str(tmp_path / "train.npz")
+    images, labels, clean = read_split(info, "train")
+    write_arrays(path, images[:-1], labels[:-1], clean[:-1])
+    with pytest.raises(UsageError, match=f"holds {len(images) - 1} images but meta.json says {len(images)}"):
+        read_arrays(path, info.image_shape, len(images))
+    with pytest.raises(UsageError, match=r"shape \(8, 8, 1\) but meta.json says uint8 \(8, 8, 3\)"):
+        read_arrays(path, (8, 8, 3), len(images) - 1)
+    open(path, "wb").write(b"not an npz")
+    with pytest.raises(UsageError, match="is not a readable array file"):
+        read_arrays(path, info.image_shape, len(images))
 
 
 def test_cli_prepare_errors_exit_2(tmp_path, capsys):
@@ -164,11 +211,11 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
     assert info.image_shape == (32, 32, 3) and info.crop_padding == 4
     assert info.num_classes == (10 if dataset == "cifar10" else 100)
     for split in ("train", "test"):
-        images, labels, clean, index = read_split(info, split)
+        images, labels, clean = read_split(info, split)
         rows = expected[f"{split}_rows"]
         n, h, w, c = np.meshgrid(np.arange(len(rows)), np.arange(32), np.arange(32), np.arange(3), indexing="ij")
         assert np.array_equal(images[n, h, w, c], _pixel_of_row(rows, n, h, w, c)), "channel or pixel order"
-        assert np.array_equal(clean, expected[f"{split}_labels"]) and np.array_equal(index, np.arange(len(rows)))
+        assert np.array_equal(clean, expected[f"{split}_labels"])
         if split == "train":
             # the labels the noise drew (its statistics: test_noise.py) reach the beton, next to the clean ones
             assert np.array_equal(labels, corrupt_labels(clean, info.num_classes, 0.25, "symmetric", 4,
@@ -178,7 +225,7 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
         else:
             assert np.array_equal(labels, clean)
     if dataset == "cifar10":  # the hand-made first image: red at (0, 0), green at (1, 2), black elsewhere
-        img = read_split(info, "train", fields=("image",))[0][0]
+        img = read_split(info, "train")[0][0]
         assert tuple(img[0, 0]) == (255, 0, 0) and tuple(img[1, 2]) == (0, 255, 0) and img.sum() == 510
     # the same seed reproduces the noise, another seed changes it
     again, other = tmp_path / "again", tmp_path / "other"

@@ -3,7 +3,6 @@
 Two ranks (global batch 64, 32 per rank) against one rank under torchrun with the same global batch (the same
 samples in every step), through ``tests/ddp_probe.py``, which has every rank record its batches and its label table.
 """
-import importlib.util
 import json
 import os
 import signal
@@ -194,7 +193,6 @@ def test_two_nodes_joined_by_c10d_rendezvous_match_the_single_node_run(runs, tmp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-@pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="needs ffcv (data directories are betons)")
 def test_two_gpus_nccl_sync_bn_fast_engine(digits_dir, tmp_path):
     """On a box with two GPUs (bench/gpu_suite.sh runs the gpu tests): NCCL, SyncBatchNorm and the fast engine in
     bf16 under torchrun, with the table identical on both ranks after every epoch."""

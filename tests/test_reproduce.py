@@ -197,11 +197,11 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
     assert main(["reproduce", "noise", "--data", digits_dir, "--out", str(out), "--epochs", "1", "--eval-subset", "50",
                  "--device", "cpu"]) == 0
 
-    _, clean_labels, _, _ = read_split(read_data_dir(digits_dir), "train")
+    _, clean_labels, _ = read_split(read_data_dir(digits_dir), "train")
     copies = {rate: str(out / "data" / f"digits-symmetric{rate:g}") for rate in rates}
     for rate, copy in copies.items():
         info = read_data_dir(copy)
-        _, labels, clean, _ = read_split(info, "train")
+        _, labels, clean = read_split(info, "train")
         assert np.array_equal(clean, clean_labels)  # a noisy copy of the data given, clean labels kept
         changed = labels != clean  # int(rate N) labels resampled over all 10 classes: about 9 in 10 come out wrong
         assert 0.8 * int(rate * len(labels)) < changed.sum() <= int(rate * len(labels))

@@ -1,9 +1,11 @@
-"""FFCV .beton files: one record per image holding (image, label, clean_label, index).
+"""FFCV .beton files: one record per image holding (image, label, clean_label, index), for the streaming loader.
 
 The image is stored raw (uint8, H x W x C) as an NDArrayField so that grey-scale (digits) and RGB (CIFAR) data
 share one format; the index is stored because FFCV has no sample-index output and SGLR keeps one soft-label row
-per training sample.
+per training sample. FFCV is optional (it compiles against OpenCV and libjpeg-turbo, and the GPU box lacks it):
+without it a data directory holds only the arrays the device-held loader reads (``arrays.py``).
 """
+import functools
 import os
 
 import numpy as np
@@ -12,6 +14,22 @@ from ..errors import UsageError
 
 FIELDS = ("image", "label", "clean_label", "index")
 PAGE_SIZE = 1 << 21  # FFCV allocates records in pages of this size
+
+
+@functools.lru_cache(maxsize=None)
+def ffcv_available() -> bool:
+    """Whether ``import ffcv`` works (an install whose compiled parts cannot load counts as missing)."""
+    try:
+        import ffcv  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def require_ffcv():
+    if not ffcv_available():
+        raise UsageError("--loader ffcv needs FFCV, which cannot be imported here: use --loader device (the data set "
+                         "held on the device), or install FFCV (pip install 'fastsglr[ffcv]')")
 
 
 class _Records:
@@ -53,6 +71,7 @@ def beton_bytes(images) -> int:
 
 def check_beton(path, image_shape, num_samples=None):
     """Fail with a one-line error unless ``path`` is a beton with our fields, image shape and size."""
+    require_ffcv()
     from ffcv.fields import IntField, NDArrayField
     from ffcv.reader import Reader
 

@@ -1,4 +1,6 @@
-"""A prepared data directory: ``train.beton``, ``test.beton`` and ``meta.json``, and the checks on reading it."""
+"""A prepared data directory: ``meta.json``, each split's arrays (``train.npz``, ``test.npz``: what the device-held
+loader reads, without FFCV) and, where FFCV is installed, its betons (``train.beton``, ``test.beton``: what the
+streaming FFCV loader reads); and the checks on reading it."""
 import functools
 import hashlib
 import json
@@ -48,9 +50,13 @@ class DataInfo:
     def beton(self, split) -> str:
         return os.path.join(self.root, f"{split}.beton")
 
+    def arrays(self, split) -> str:
+        return os.path.join(self.root, f"{split}.npz")
 
-def read_data_dir(root) -> DataInfo:
-    """Read and check a data directory; every problem is a one-line UsageError saying how to fix it."""
+
+def read_data_dir(root, loader="device") -> DataInfo:
+    """Read and check a data directory: its arrays, and its betons too for the FFCV ``loader`` (the labels are read
+    from the arrays either way); every problem is a one-line UsageError saying how to fix it."""
     meta_path = os.path.join(root, "meta.json")
     if not os.path.isdir(root):
         raise UsageError(f"data directory {root} does not exist: write it with `fastsglr prepare --out {root}`")
@@ -67,16 +73,28 @@ def read_data_dir(root) -> DataInfo:
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{meta_path} is damaged ({exc!r}): re-run `fastsglr prepare`") from None
     for split in SPLITS:
-        check_beton(info.beton(split), info.image_shape, info.counts[split])
-        _check_checksum(info.beton(split), checksums.get(f"{split}.beton"))
+        _check_exists(info.arrays(split))
+        _check_checksum(info.arrays(split), checksums.get(f"{split}.npz"))
+        if loader == "ffcv":
+            check_beton(info.beton(split), info.image_shape, info.counts[split])
+            _check_checksum(info.beton(split), checksums.get(f"{split}.beton"))
     return info
 
 
+def _check_exists(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is missing: run `fastsglr prepare` to write the data directory")
+
+
 def _check_checksum(path, expected):
-    """A beton replaced after `prepare` (say, by another data directory's of the same shape and size) passes every
-    other check but holds other images or labels; only meta.json's checksum tells."""
+    """A file replaced after `prepare` (say, by another data directory's of the same shape and size) passes every
+    other check but holds other images or labels; only meta.json's checksum tells. A file meta.json does not list
+    was not written by the `prepare` run that wrote meta.json (say, a beton left from an earlier run with FFCV)."""
+    if expected is None:
+        raise UsageError(f"{path} is not listed in meta.json (another `fastsglr prepare` run wrote it): re-run "
+                         f"`fastsglr prepare`")
     stat = os.stat(path)
-    if expected is not None and _cached_sha256(path, stat.st_size, stat.st_mtime_ns) != expected:
+    if _cached_sha256(path, stat.st_size, stat.st_mtime_ns) != expected:
         raise UsageError(f"{path} does not match the checksum in meta.json (it was replaced or changed after "
                          f"`fastsglr prepare` wrote it): re-run `fastsglr prepare`")
 

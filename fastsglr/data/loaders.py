@@ -2,7 +2,8 @@
 
 Two loaders behind one interface, yielding identical batches for the same (seed, epoch):
 - ``FFCVLoader`` streams the beton through FFCV (decoding, ordering and host-to-device copy in worker threads);
-- ``DeviceLoader`` holds the whole split on the training device (small data, benchmarks: no workers at all).
+- ``DeviceLoader`` holds the whole split on the training device, read from its arrays without FFCV (data that fits
+  on the device: CIFAR on a GPU, digits, benchmarks; no workers at all).
 Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutation``; under torchrun FFCV's
 distributed order, torch's DistributedSampler, which gives each rank a disjoint shard) and augment on the device
 with ``augment.flip_crop``. Images come out as float32 in [0, 1], channels-last; normalisation is in the model.
@@ -14,7 +15,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ..distributed import World
+from .arrays import read_arrays
 from .augment import draw_flip_crop, epoch_generator, flip_crop
+from .beton import require_ffcv
 from .datadir import DataInfo
 
 LOADER_KINDS = ("ffcv", "device")
@@ -100,13 +103,12 @@ class _Loader:
 
 
 class DeviceLoader(_Loader):
-    """The whole split held on the device as uint8: every batch is a gather, no worker processes."""
+    """The whole split held on the device as uint8, read from its arrays (no FFCV): every batch is a gather, no
+    worker processes."""
 
     def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
         super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
-        images, labels, clean_labels, index = read_split(info, split)
-        # Stored by record index, so a sample's index is also its position here.
-        assert np.array_equal(index, np.arange(len(index))), "beton records are not in index order"
+        images, labels, clean_labels = read_split(info, split)
         self.images = torch.from_numpy(images).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
         self.clean_labels = torch.from_numpy(clean_labels).to(self.device)
@@ -115,16 +117,18 @@ class DeviceLoader(_Loader):
         epoch, start, generator = self._begin_epoch()
         order = torch.from_numpy(self._order(epoch).astype(np.int64)).to(self.device)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]  # a sample's index is its position
             yield self._finish(self.images[idx], self.labels[idx], self.clean_labels[idx], idx, generator)
 
 
 class FFCVLoader(_Loader):
-    """FFCV decodes and orders the records and copies them to the device; we augment there."""
+    """FFCV streams the beton: it decodes and orders the records and copies them to the device in worker threads;
+    we augment there. For data that does not fit on the device."""
 
     def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World(),
                  num_workers=2):
         super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
+        require_ffcv()
         from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
@@ -152,24 +156,14 @@ class FFCVLoader(_Loader):
             yield self._finish(images, labels.clone(), clean_labels.clone(), index.clone(), generator)
 
 
-def read_split(info: DataInfo, split, fields=("image", "label", "clean_label", "index")):
-    """Fields of a whole split as numpy arrays in record order (images NHWC uint8, the rest int64)."""
-    from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToTensor
-
-    decoders = {"image": NDArrayDecoder, "label": IntDecoder, "clean_label": IntDecoder, "index": IntDecoder}
-    pipelines = {name: [decoders[name](), ToTensor()] if name in fields else None for name in decoders}
-    loader = Loader(info.beton(split), batch_size=4096, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines=pipelines)
-    parts = list(zip(*[[t.numpy().copy() for t in batch] for batch in loader]))
-    arrays = [np.concatenate(p) for p in parts]
-    return [a if name == "image" else a.reshape(-1).astype(np.int64) for name, a in zip(fields, arrays)]
+def read_split(info: DataInfo, split, fields=("images", "labels", "clean_labels")):
+    """Fields of a whole split (images NHWC uint8, labels, clean labels), in index order, from its arrays."""
+    return read_arrays(info.arrays(split), info.image_shape, info.counts[split], fields)
 
 
 def read_labels(info: DataInfo, split) -> torch.Tensor:
     """The training labels of a split, in index order (SGLR's one-hot table starts from them)."""
-    (labels,) = read_split(info, split, fields=("label",))
+    (labels,) = read_split(info, split, fields=("labels",))
     return torch.from_numpy(labels)
 
 

@@ -1,11 +1,12 @@
-"""`fastsglr prepare`: a raw source (CIFAR pickles, digits, synthetic) -> ``train.beton``, ``test.beton``,
-``meta.json``."""
+"""`fastsglr prepare`: a raw source (CIFAR pickles, digits, synthetic) -> ``train.npz``, ``test.npz``, ``meta.json``,
+and, where FFCV is installed, ``train.beton`` and ``test.beton``."""
 import os
 
 import numpy as np
 
 from ..errors import UsageError
-from .beton import beton_bytes, write_beton
+from .arrays import arrays_bytes, write_arrays
+from .beton import beton_bytes, ffcv_available, write_beton
 from ..files import check_free_space, write_json
 from .datadir import sha256
 from .noise import NOISE_DEFINITIONS, corrupt_labels
@@ -19,15 +20,27 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
     num_classes = len(raw.classes)
     noisy = corrupt_labels(raw.train.labels, num_classes, label_noise, noise_type, seed,
                            superclass=raw.superclass, dataset=dataset)
-    check_free_space(out, beton_bytes(raw.train.images) + beton_bytes(raw.test.images), "the data directory")
+    betons = ffcv_available()
+    parts = (("train", noisy, raw.train), ("test", raw.test.labels, raw.test))
+    check_free_space(out, sum(arrays_bytes(p.images) + (beton_bytes(p.images) if betons else 0) for _, _, p in parts),
+                     "the data directory")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {out} ({exc.strerror}): choose another --out") from None
 
-    for split, labels, part in (("train", noisy, raw.train), ("test", raw.test.labels, raw.test)):
-        log(f"writing {split}.beton: {len(part.labels)} images of shape {part.images.shape[1:]}")
-        write_beton(os.path.join(out, f"{split}.beton"), part.images, labels, part.labels, num_workers)
+    written = []
+    for split, labels, part in parts:
+        log(f"writing {split}.npz: {len(part.labels)} images of shape {part.images.shape[1:]}")
+        write_arrays(os.path.join(out, f"{split}.npz"), part.images, labels, part.labels)
+        written.append(f"{split}.npz")
+        if betons:
+            log(f"writing {split}.beton")
+            write_beton(os.path.join(out, f"{split}.beton"), part.images, labels, part.labels, num_workers)
+            written.append(f"{split}.beton")
+    if not betons:
+        log("FFCV is not installed: wrote the arrays only, no betons (--loader device reads them; --loader ffcv "
+            "needs FFCV and a prepare run where it is installed)")
 
     mean, std = channel_stats(raw.train.images)
     height = raw.train.images.shape[1]
@@ -45,8 +58,7 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
         "noise": {"type": noise_type if label_noise else "none", "rate": label_noise, "seed": seed,
                   "definition": NOISE_DEFINITIONS[noise_type] if label_noise else "none",
                   "realised_rate": float(np.mean(noisy != raw.train.labels))},
-        "checksums": {**{f"{s}.beton": sha256(os.path.join(out, f"{s}.beton")) for s in ("train", "test")},
-                      **raw.source_files},
+        "checksums": {**{name: sha256(os.path.join(out, name)) for name in written}, **raw.source_files},
     }
     write_json(os.path.join(out, "meta.json"), meta)
     return meta
