@@ -67,6 +67,8 @@ _TRAIN_FLAGS = [
     ("--sglr-warmup", "sglr_warmup", int, "SGLR: hard-label epochs before refinement starts"),
     ("--te-weight", "te_weight", float, "TE: weight of the consistency term"),
     ("--te-rampup", "te_rampup", int, "TE: epochs of sigmoid ramp-up of the weight"),
+    ("--eval-every", "eval_every", int, "evaluate every K epochs and the last one (default 1: every epoch, which "
+                                        "the paper's best checkpoint needs)"),
     ("--eval-subset", "eval_subset", int, "evaluate each epoch on a fixed seeded subset of N test images"),
     ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
     ("--hessian-probes", "hessian_probes", int, "per epoch, the Hessian trace of the adversarial training loss on a "

@@ -60,7 +60,8 @@ class Config:
     milestones: tuple = (0.5, 0.75)    # piecewise: fractions of `epochs` where lr is multiplied by lr_decay
     lr_decay: float = 0.1
 
-    # --- evaluation after every epoch ---
+    # --- evaluation after every epoch (or every eval_every-th) ---
+    eval_every: int = 1                # evaluate every K epochs and the last one (best.pt needs them all: 1)
     eval_subset: int = 0               # 0 = whole test set, else a fixed seeded subset of this many images
     eval_steps: int = 20
     eval_step_size: float = 0.0        # 0 = eps / 4
@@ -185,6 +186,7 @@ def validate(cfg: Config) -> Config:
     _check_range("lr", cfg.lr, 0, 100, lo_open=True)
     _check_range("momentum", cfg.momentum, 0, 1, hi_open=True)
     _check_range("weight_decay", cfg.weight_decay, 0, 1)
+    _check_range("eval_every", cfg.eval_every, 1, 1_000_000)
     _check_range("eval_subset", cfg.eval_subset, 0, 10**9)
     _check_range("eval_steps", cfg.eval_steps, 0, 10_000)
     _check_range("eval_step_size", cfg.eval_step_size, 0, 1)

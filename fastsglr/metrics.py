@@ -124,14 +124,18 @@ class CalibrationMeter:
         return {"acc": 100.0 * float(correct.sum()) / n, "ece": 100.0 * ece}
 
 
+TEST_COLUMNS = ("test_clean_acc", "test_pgd_acc", "test_ece_clean", "test_ece_adv")
+
+
 def evaluation_row(clean: CalibrationMeter, adv: CalibrationMeter) -> dict:
     """The per-epoch test columns from the clean and the adversarial calibration meters."""
     c, a = clean.read(), adv.read()
-    return {"test_clean_acc": c["acc"], "test_pgd_acc": a["acc"], "test_ece_clean": c["ece"], "test_ece_adv": a["ece"]}
+    return dict(zip(TEST_COLUMNS, (c["acc"], a["acc"], c["ece"], a["ece"])))
 
 
 class BestFinalTracker:
-    """The paper's Best / Final / Diff columns: best = the epoch of highest test PGD-20 accuracy."""
+    """The paper's Best / Final / Diff columns: best = the evaluated epoch of highest test PGD-20 accuracy (epochs
+    skipped by --eval-every have none); final = the last epoch, which is always evaluated."""
 
     def __init__(self, history=()):
         self.history = list(history)
@@ -141,7 +145,8 @@ class BestFinalTracker:
 
     @property
     def best(self) -> dict:
-        return max(self.history, key=lambda r: (r["test_pgd_acc"], -r["epoch"]))
+        evaluated = [r for r in self.history if r["test_pgd_acc"] is not None]
+        return max(evaluated, key=lambda r: (r["test_pgd_acc"], -r["epoch"]), default=None)
 
     @property
     def is_best_last(self) -> bool:
@@ -150,6 +155,6 @@ class BestFinalTracker:
     def summary(self) -> dict:
         best, final = self.best, self.history[-1]
         out = {"best_epoch": best["epoch"], "final_epoch": final["epoch"]}
-        for key in ("test_clean_acc", "test_pgd_acc", "test_ece_clean", "test_ece_adv"):
+        for key in TEST_COLUMNS:
             out[key] = {"best": best[key], "final": final[key], "diff": best[key] - final[key]}
         return out

@@ -18,9 +18,9 @@ def plot_curves(runs: dict, path, panels=PANELS):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (title, series) in zip(axes, panels):
         for i, (name, history) in enumerate(runs.items()):
-            epochs = [row["epoch"] for row in history]
             for key, label, style in series:
-                ax.plot(epochs, [row[key] for row in history], style, color=f"C{i}",
+                rows = [row for row in history if row[key] is not None]  # test columns: evaluated epochs only
+                ax.plot([row["epoch"] for row in rows], [row[key] for row in rows], style, color=f"C{i}",
                         label=" ".join(filter(None, (name, label))))
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -9,6 +9,7 @@ reseeded at the start of every epoch, the loaders derive order and augmentation 
 epoch's end needs no RNG state. SIGINT / SIGTERM stop the run after the current step and write a mid-epoch last.pt
 that also holds each rank's position: its RNG states, its metric sums and the rows of the label tables it touched.
 """
+import functools
 import json
 import os
 import time
@@ -16,6 +17,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from .background_writer import BackgroundWriter, host_copy
 from .checkpoint import estimate_run_bytes, load_resume_state, save_checkpoint
 from .config import Config
 from .data.datadir import read_data_dir
@@ -26,7 +28,7 @@ from .engine import build_engine
 from .errors import Interrupted, TrainingError, UsageError
 from .files import check_free_space, resume_fix, write_json
 from .labels import build_label_strategy
-from .metrics import BestFinalTracker, TrainMeter
+from .metrics import TEST_COLUMNS, BestFinalTracker, TrainMeter
 from .models import build_model
 from .optim import build_optimizer, lr_at
 from .sharpness import HessianTraceProbe
@@ -59,10 +61,27 @@ def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world):
 
 
 def _format_row(row):
+    def test(key):
+        return "    -" if row[key] is None else f"{row[key]:5.1f}"
+
     return (f"epoch {row['epoch']:4d} | lr {row['lr']:.4f} | loss {row['train_loss']:.4f} | "
             f"train adv {row['train_adv_acc']:5.1f} clean {row['train_clean_acc']:5.1f} | "
-            f"test clean {row['test_clean_acc']:5.1f} pgd{row['eval_steps']} {row['test_pgd_acc']:5.1f} | "
+            f"test clean {test('test_clean_acc')} pgd{row['eval_steps']} {test('test_pgd_acc')} | "
             f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s")
+
+
+def _evaluates(cfg: Config, epoch: int) -> bool:
+    """Every ``eval_every``-th epoch and the last one (``epoch`` counts from 0)."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
+def _write_epoch(out, checkpoint, is_best):
+    """An epoch's files, from a host copy of its state (in the background writer's thread)."""
+    # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
+    if is_best:
+        save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
+    save_checkpoint(os.path.join(out, "last.pt"), checkpoint, keep_previous=True)
+    write_json(os.path.join(out, "metrics.jsonl"), checkpoint["history"], lines=True, fix=resume_fix(out))
 
 
 def _gather(world, value):
@@ -93,6 +112,8 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                          f"choose a smaller batch size")
     _open_run_dir(cfg, resume, overwrite, world)
     device = device_of(world, cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: the autotuned convolutions pay back in a few steps
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     normalized = cfg.input_norm == "data"
@@ -131,7 +152,7 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     # A mid-epoch last.pt must not push the epoch's start out of last.prev.pt: a resume with another number of
     # ranks restarts the epoch from there.
     last_is_epoch_end = not start_step
-    with GracefulStop(world, log) as stop:
+    with GracefulStop(world, log) as stop, BackgroundWriter() as writer:
         if resume:
             log(f"resuming {cfg.out} at epoch {start_epoch + 1}" + (f", step {start_step + 1}" if start_step else ""))
         else:
@@ -161,6 +182,7 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                 signum = stop.requested()
                 if signum:
                     bar.close()
+                    writer.wait()  # the previous epoch's files are complete before last.pt is replaced
                     _save_interrupted(cfg, world, state, epoch, step + 1, model, meter, visited, tables,
                                       last_is_epoch_end)
                     raise Interrupted(f"stopped after epoch {epoch + 1} step {step + 1} of {steps}; last.pt holds "
@@ -173,25 +195,25 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
             sync_sample_tables(world, tables, visited)
             check_ranks_agree(world, model, tables, epoch + 1)
             broadcast_buffers_(model)  # every rank evaluates the BN statistics rank 0 saves
-            row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read(),
-                   **engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
-                                     steps=cfg.eval_steps),
-                   **(hessian.measure(model, epoch) if hessian else {}),
-                   "eval_steps": cfg.eval_steps, "ranks": world.size, "train_seconds": train_seconds,
-                   "epoch_seconds": time.perf_counter() - t0,
-                   "train_images_per_second": world.size * train_loader.num_samples / train_seconds}
+            row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read()}
+            t_eval = time.perf_counter()
+            if _evaluates(cfg, epoch):  # returns host floats: the evaluation has finished
+                row.update(engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
+                                           steps=cfg.eval_steps))
+            else:  # no test accuracy (null in metrics.jsonl): the epoch cannot become best.pt
+                row.update(dict.fromkeys(TEST_COLUMNS))
+            eval_seconds = time.perf_counter() - t_eval
+            row.update({**(hessian.measure(model, epoch) if hessian else {}),
+                        "eval_steps": cfg.eval_steps, "ranks": world.size, "train_seconds": train_seconds,
+                        "eval_seconds": eval_seconds, "epoch_seconds": time.perf_counter() - t0,
+                        "train_images_per_second": world.size * train_loader.num_samples / train_seconds})
             tracker.add(row)
-            if world.is_main:
-                checkpoint = state(epoch + 1)
-                # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
-                if tracker.is_best_last:
-                    save_checkpoint(os.path.join(cfg.out, "best.pt"), checkpoint)
-                save_checkpoint(os.path.join(cfg.out, "last.pt"), checkpoint, keep_previous=True)
-                write_json(os.path.join(cfg.out, "metrics.jsonl"), tracker.history, lines=True,
-                           fix=resume_fix(cfg.out))
+            if world.is_main:  # copied off the device now; written while the next epoch trains
+                writer.submit(functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)),
+                                                tracker.is_best_last))
             last_is_epoch_end = True
             log(_format_row(row))
-            signum = stop.requested()  # a signal during evaluation: last.pt of this epoch is already written
+            signum = stop.requested()  # a signal during evaluation: last.pt of this epoch is written on the way out
             if signum:
                 raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
                                   f"fastsglr train --resume {cfg.out}", signum)

@@ -15,7 +15,7 @@ from fastsglr.checkpoint import FORMAT_VERSION, load_checkpoint, load_resume_sta
 from fastsglr.cli import main
 from fastsglr.errors import UsageError
 
-TIMING = ("train_seconds", "epoch_seconds", "train_images_per_second")
+TIMING = ("train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_second")
 
 
 def test_damaged_checkpoints_are_named(tmp_path):
@@ -135,3 +135,38 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir,
                 _command(digits_dir, out, "--overwrite")
             subprocess.run(cmd, check=True, env=env, capture_output=True)
         _assert_same_run(out, whole, f"killed at {fraction:.2f} of the run")
+
+
+# Epoch 2's last.pt is written in the background: its fsync hangs (after leaving a marker) until the run is killed.
+FSYNC_HANGS = """
+import os, sys, time
+real, calls = os.fsync, []
+def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith("last.pt.tmp"):
+        calls.append(fd)
+        if len(calls) == 2:
+            open(sys.argv[1], "w").close()
+            time.sleep(3600)
+    real(fd)
+os.fsync = fsync
+from fastsglr.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_during_a_background_checkpoint_write_keeps_the_previous_one(digits_dir, whole_run, tmp_path):
+    whole, duration = whole_run
+    out, marker = str(tmp_path / "killed"), tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", FSYNC_HANGS, str(marker), *_command(digits_dir, out)[3:]],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10 * duration + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert marker.exists(), "the run never reached epoch 2's checkpoint write"
+    assert os.path.exists(os.path.join(out, "last.pt.tmp"))  # killed mid-write
+    assert load_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 1
+    subprocess.run([sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV,
+                   capture_output=True)
+    _assert_same_run(out, whole, "killed while epoch 2's last.pt was written in the background")

@@ -19,7 +19,7 @@ from fastsglr.data.datadir import read_data_dir
 from fastsglr.data.loaders import read_labels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TIMING = ("train_seconds", "epoch_seconds", "train_images_per_second")
+TIMING = ("train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_second")
 EPOCHS = 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -14,8 +14,9 @@ from fastsglr.checkpoint import load_checkpoint, save_checkpoint
 from fastsglr.cli import main
 from fastsglr.data.datadir import read_data_dir
 from fastsglr.data.loaders import DeviceLoader
+from fastsglr.metrics import TEST_COLUMNS
 
-TIMING = ("train_seconds", "epoch_seconds", "train_images_per_second")
+TIMING = ("train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_second")
 
 
 def _train(data, out, *extra):
@@ -76,6 +77,26 @@ def test_resume_after_interruption_matches_uninterrupted(digits_dir, tmp_path, m
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
+
+
+def test_eval_every_skips_epochs_but_never_the_last(digits_dir, tmp_path):
+    """--eval-every 2 over 3 epochs evaluates epochs 2 and 3 only, with the numbers a run evaluating every epoch
+    gets (evaluation does not touch training); epoch 1 has null test columns and cannot become best.pt."""
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    assert _train(digits_dir, every, "--labels", "sglr", "--attack-steps", "1", "--loader", "device") == 0
+    assert _train(digits_dir, sparse, "--labels", "sglr", "--attack-steps", "1", "--loader", "device",
+                  "--eval-every", "2") == 0
+    a, b = _rows(every), _rows(sparse)
+    assert [r["test_pgd_acc"] is None for r in b] == [True, False, False]
+    assert all(b[0][key] is None for key in TEST_COLUMNS)
+    assert '"test_pgd_acc": null' in (sparse / "metrics.jsonl").read_text().splitlines()[0]
+    assert [{**rb, **{k: ra[k] for k in TEST_COLUMNS}} for ra, rb in zip(a, b)] == a
+    assert b[1:] == a[1:]
+    seconds = [json.loads(line)["eval_seconds"] for line in (sparse / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= seconds[0] < min(seconds[1:])
+    best = max(a[1:], key=lambda r: (r["test_pgd_acc"], -r["epoch"]))
+    assert load_checkpoint(str(sparse / "best.pt"))["epoch"] == best["epoch"]
+    assert json.load(open(sparse / "summary.json"))["best_epoch"] == best["epoch"]
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
