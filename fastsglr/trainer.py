@@ -223,10 +223,13 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     if world.is_main:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
         write_json(os.path.join(cfg.out, "summary.json"), summary, fix=resume_fix(cfg.out))
-        from .report import plot_curves
-
-        plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history},
-                    os.path.join(cfg.out, "curves.png"))
+        try:
+            from .report import plot_curves
+        except ImportError:  # matplotlib is an extra: a bare GPU box trains without it
+            log("matplotlib is not installed: no curves.png")
+        else:
+            plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history},
+                        os.path.join(cfg.out, "curves.png"))
     barrier(world)
     return summary
 
