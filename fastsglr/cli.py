@@ -126,6 +126,8 @@ def _run_train(args):
 
         # The run directory may have moved since it was written: it is wherever --resume points now.
         cfg = dataclasses.replace(resume_config(args.resume), out=args.resume)
+        if hasattr(args, "loader"):  # both loaders yield the same batches: the run goes on identically
+            cfg = C.validate(dataclasses.replace(cfg, loader=args.loader))
         for _, field, _, _ in _TRAIN_FLAGS:
             if hasattr(args, field) and getattr(args, field) != getattr(cfg, field):
                 raise UsageError(f"--{field.replace('_', '-')} {getattr(args, field)} conflicts with the run being "

@@ -1,6 +1,6 @@
 """A machine where `import ffcv` fails (the GPU box): prepare (digits, synthetic, CIFAR) writes the arrays only and
-says so, train picks the device-held loader by default, a run resumes to the same end, eval works, and asking for
-the FFCV loader is a one-line error. Every command goes through the command line in a fresh interpreter whose
+says so, train picks the device-held loader by default, a run resumes to the same end (also one started with FFCV,
+given --loader device), eval works, and asking for the FFCV loader is a one-line error. Every command goes through the command line in a fresh interpreter whose
 `import ffcv` is made to fail before fastsglr is imported."""
 import json
 import os
@@ -68,15 +68,24 @@ def test_prepare_train_resume_eval_without_ffcv(tmp_path):
     report = json.load(open(tmp_path / "report.json"))
     assert 0 <= report["attacks"]["pgd20"]["acc"] <= report["attacks"]["clean"]["acc"] <= 100
 
-    # A run killed after its first epoch: last.pt then was what last.prev.pt is now.
-    shutil.copytree(whole, resumed)
-    os.replace(os.path.join(resumed, "last.prev.pt"), os.path.join(resumed, "last.pt"))
-    for name in ("final.pt", "summary.json", "curves.png"):
-        os.remove(os.path.join(resumed, name))
-    codes, out, err = _cli_without_ffcv(["train", "--resume", resumed])
-    assert codes == [0], out + err
-    a, b = load_checkpoint(os.path.join(whole, "final.pt")), load_checkpoint(os.path.join(resumed, "final.pt"))
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
-    assert _rows(whole) == _rows(resumed)
+    # A run killed after its first epoch: last.pt then was what last.prev.pt is now. `moved` was started where FFCV
+    # is installed (its config says so) and goes on here with the device-held loader.
+    moved = str(tmp_path / "moved")
+    for run in (resumed, moved):
+        shutil.copytree(whole, run)
+        os.replace(os.path.join(run, "last.prev.pt"), os.path.join(run, "last.pt"))
+        for name in ("final.pt", "summary.json", "curves.png"):
+            os.remove(os.path.join(run, name))
+    config = json.load(open(os.path.join(moved, "config.json")))
+    json.dump({**config, "loader": "ffcv"}, open(os.path.join(moved, "config.json"), "w"))
+    codes, out, err = _cli_without_ffcv(["train", "--resume", resumed], ["train", "--resume", moved],
+                                        ["train", "--resume", moved, "--loader", "device"])
+    assert codes == [0, 2, 0], out + err
+    assert "fastsglr: error: --loader ffcv needs FFCV, which cannot be imported here: use --loader device" in err
+    a = load_checkpoint(os.path.join(whole, "final.pt"))
+    for run in (resumed, moved):
+        b = load_checkpoint(os.path.join(run, "final.pt"))
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert torch.equal(a["strategy"]["table"], b["strategy"]["table"])
+        assert _rows(whole) == _rows(run)
