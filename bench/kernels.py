@@ -142,7 +142,8 @@ def time_losses(batch, n_cols, dtype, quick):
                             "us": ms * 1e3, "bytes": minimal[op], "gbps": minimal[op] / (ms * 1e-3) / 1e9})
     # The fused forward kernel alone, with the bytes it actually moves (its backward is one scaling pass).
     with torch.no_grad():
-        ms = _median_ms(lambda: torch.ops.fastsglr.sglr_forward(z_adv, z_clean, labels, index, table, *HYPER),
+        ms = _median_ms(lambda: torch.ops.fastsglr.sglr_forward(z_adv, z_clean, labels, index, table,
+                                                                        K.sglr_settings(*HYPER, "cuda")),
                         quick=quick)
     n_bytes = elems * (3 * s + 2 * table.element_size()) + batch * (8 + 8 + 4)
     records.append({"op": "sglr_forward kernel", "provider": "fused", "size": [batch, n_cols], "dtype": str(dtype),

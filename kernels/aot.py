@@ -24,7 +24,8 @@ from .pgd import BLOCK, ELEMENTS_PER_THREAD, pgd_step_kernel
 from .sglr import MAX_K, launch_config, sglr_forward_kernel, soft_ce_forward_kernel
 from .utils import KERNEL_DTYPES, num_warps_for
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64"}
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+                 torch.int64: "i64"}
 TRAINING_NUMEL = 128 * 3 * 32 * 32  # one CIFAR batch: only divisibility by 16 matters to the compiler
 
 
@@ -75,7 +76,7 @@ def _configurations():
                         table_ptr=torch.float32, row_loss_ptr=torch.float32, grad_ptr=dtype,
                         n_rows=batch, n_cols=n_cols, stride_adv=n_cols, stride_adv_k=1, stride_clean=n_cols,
                         stride_clean_k=1, stride_labels=1, stride_index=1, stride_table=n_cols, stride_table_k=1,
-                        r=0.2, temperature=1.5, alpha=0.9, lam=0.2),
+                        settings_ptr=torch.float64),
                    blocks, config["num_warps"])
             yield (f"soft_ce_forward {tag}", soft_ce_forward_kernel,
                    dict(z_ptr=dtype, y_ptr=torch.float32, row_loss_ptr=torch.float32, grad_ptr=dtype,

@@ -101,8 +101,8 @@ def _reference_soft_ce_forward(logits, target):
     return row_loss, grad.contiguous()  # the kernels write a contiguous gradient: same strides on every path
 
 
-def _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam):
-    row_loss, grad = reference.sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
+def _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, settings):
+    row_loss, grad = reference.sglr_forward(logits_adv, logits_clean, labels, index, table, *settings.unbind())
     return row_loss, grad.contiguous()
 
 
@@ -122,17 +122,17 @@ def _soft_ce_forward_cpu(logits, target):
 
 @triton_op("fastsglr::sglr_forward", mutates_args={"table"})
 def _sglr_forward(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,
-                  r: float, temperature: float, alpha: float, lam: float) -> tuple[Tensor, Tensor]:
+                  settings: Tensor) -> tuple[Tensor, Tensor]:
     if logits_adv.device.type == "cuda" and _kernels_take(logits_adv, logits_clean, table):
-        return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
-    return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
+        return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
+    return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
 
 
 @_sglr_forward.register_kernel("cpu")
-def _sglr_forward_cpu(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam):
+def _sglr_forward_cpu(logits_adv, logits_clean, labels, index, table, settings):
     if _interpreted() and _kernels_take(logits_adv, logits_clean, table):
-        return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
-    return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam)
+        return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
+    return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
 
 
 @triton_op("fastsglr::mean_with_saved_grad", mutates_args=())
@@ -183,13 +183,23 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return torch.ops.fastsglr.mean_with_saved_grad(logits, row_loss, grad)
 
 
+def sglr_settings(r, temperature, alpha, lam, device) -> Tensor:
+    """SGLR's four numbers as the fused op takes them: one float64 tensor [r, temperature, alpha, lam] on ``device``.
+    Each may be a float or a 0-d tensor; float64 holds a Python float exactly, so ``1 - lam`` rounds as it does in
+    Python."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in (r, temperature, alpha, lam)])
+
+
 def sglr_loss(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,
-              r: float, temperature: float, alpha: float, lam: float) -> Tensor:
+              r, temperature, alpha, lam) -> Tensor:
     """SGLR in one fused pass (see ``reference.sglr_loss``): updates ``table[index]`` in place, returns the loss.
 
-    Indices must be unique within the batch and labels in [0, K): neither is checked, as that would need a host
-    sync. Gradient flows to logits_adv only; no double backward.
+    ``r``, ``temperature``, ``alpha``, ``lam``: floats or 0-d tensors on the logits' device (the kernel reads them
+    from memory, so a compiled iteration given tensors neither recompiles nor guards on their values). Indices must
+    be unique within the batch and labels in [0, K): neither is checked, as that would need a host sync. Gradient
+    flows to logits_adv only; no double backward.
     """
+    settings = sglr_settings(r, temperature, alpha, lam, logits_adv.device)
     row_loss, grad = torch.ops.fastsglr.sglr_forward(
-        logits_adv.detach(), logits_clean.detach(), labels, index, table, r, temperature, alpha, lam)
+        logits_adv.detach(), logits_clean.detach(), labels, index, table, settings)
     return torch.ops.fastsglr.mean_with_saved_grad(logits_adv, row_loss, grad)

@@ -56,7 +56,7 @@ def sglr_forward_kernel(
     n_rows, n_cols,
     stride_adv, stride_adv_k, stride_clean, stride_clean_k, stride_labels, stride_index,
     stride_table, stride_table_k,
-    r, temperature, alpha, lam,
+    settings_ptr,  # [r, temperature, alpha, lam]: read on the device, so new values need no recompile
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -73,6 +73,8 @@ def sglr_forward_kernel(
     table_ptrs = table_ptr + index[:, None] * stride_table + cols[None, :] * stride_table_k
     old = tl.load(table_ptrs, mask=mask, other=0.0).to(tl.float32)
 
+    r, temperature = tl.load(settings_ptr).to(tl.float32), tl.load(settings_ptr + 1).to(tl.float32)
+    alpha, lam = tl.load(settings_ptr + 2).to(tl.float32), tl.load(settings_ptr + 3).to(tl.float32)
     inv_t = 1.0 / temperature
     f = lam * _softmax_rows(z_clean * inv_t) + (1.0 - lam) * _softmax_rows(z_adv * inv_t)
     new = alpha * old + (1.0 - alpha) * f
@@ -119,14 +121,20 @@ def _outputs(logits: torch.Tensor):
     return row_loss, torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, temperature, alpha, lam):
-    """Launch the fused SGLR pass: updates ``table`` rows ``index`` in place, returns (row_loss, grad_logits_adv)."""
+def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings):
+    """Launch the fused SGLR pass: updates ``table`` rows ``index`` in place, returns (row_loss, grad_logits_adv).
+
+    ``settings``: the 4-element float tensor [r, temperature, alpha, lam] on the logits' device (``sglr_settings``).
+    """
     n_rows, n_cols = logits_adv.shape
     if logits_clean.shape != logits_adv.shape or table.dim() != 2 or table.shape[1] != n_cols:
         raise ValueError(f"sglr_loss: logits_adv {tuple(logits_adv.shape)}, logits_clean "
                          f"{tuple(logits_clean.shape)} and table {tuple(table.shape)} disagree")
     if labels.shape != (n_rows,) or index.shape != (n_rows,):
         raise ValueError(f"sglr_loss: labels {tuple(labels.shape)} and index {tuple(index.shape)} must be ({n_rows},)")
+    if settings.shape != (4,) or settings.device != logits_adv.device:
+        raise ValueError(f"sglr_loss: settings must be [r, temperature, alpha, lam] on {logits_adv.device}, got shape "
+                         f"{tuple(settings.shape)} on {settings.device}")
     check_dtypes("sglr_loss", logits_adv, logits_clean, table)
     row_loss, grad = _outputs(logits_adv)
     if n_rows == 0:
@@ -138,7 +146,7 @@ def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, r, tempe
         n_rows, n_cols,
         logits_adv.stride(0), logits_adv.stride(1), logits_clean.stride(0), logits_clean.stride(1),
         labels.stride(0), index.stride(0), table.stride(0), table.stride(1),
-        r, temperature, alpha, lam,
+        settings,
         **config,
     )
     return row_loss, grad

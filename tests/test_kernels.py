@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import fastsglr.kernels as K  # noqa: E402
 from fastsglr.kernels import reference as R  # noqa: E402
+from fastsglr.kernels import sglr_settings  # noqa: E402
 from fastsglr.kernels.pgd import launch_pgd_step, launch_pgd_step_  # noqa: E402
 from fastsglr.kernels.sglr import MAX_K, launch_sglr_forward, launch_soft_ce_forward  # noqa: E402
 
@@ -212,8 +213,9 @@ def test_sglr_kernel(interpreted, gen, dtype, batch, k, init):
     table = table_rows(init, n, k, gen)
     before = table.clone()
     hyper = dict(r=0.2, temperature=1.5, alpha=0.9, lam=0.2)
+    settings = sglr_settings(**hyper, device="cpu")
     with PoisonAllocations():
-        row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, **hyper)
+        row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, settings)
 
     y, rows = R.sglr_target(z_adv.double(), z_clean.double(), labels, before[index].double(), **hyper)
     for i, row in enumerate(index.tolist()):  # each updated row, by name, so a failure says which
@@ -235,7 +237,7 @@ def test_sglr_kernel_strided_inputs(interpreted, gen):
     table = storage[:, 2:k + 2]
     before = storage.clone()
     hyper = dict(r=0.6, temperature=1.0, alpha=0.5, lam=0.5)
-    row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, **hyper)
+    row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, sglr_settings(**hyper, device="cpu"))
     old_rows = before[:, 2:k + 2][index.long()].double()
     y, rows = R.sglr_target(z_adv.double(), z_clean.double(), labels, old_rows, **hyper)
     assert_close(table[index.long()], rows, rtol=1e-5, atol=1e-6, what="table rows")
@@ -247,7 +249,7 @@ def test_sglr_kernel_large_logits(interpreted, gen):
     """Logits of magnitude ~100: the max-subtracted softmax and log-sum-exp must stay finite and exact."""
     z_adv, z_clean = (logits((3, 1000), torch.float32, gen, scale=60.0) for _ in range(2))
     labels, index, table = torch.tensor([0, 999, 5]), torch.tensor([2, 0, 1]), torch.zeros(3, 1000)
-    row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, 0.2, 1.5, 0.9, 0.2)
+    row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, sglr_settings(0.2, 1.5, 0.9, 0.2, "cpu"))
     y, _ = R.sglr_target(z_adv.double(), z_clean.double(), labels, torch.zeros(3, 1000, dtype=torch.float64),
                          0.2, 1.5, 0.9, 0.2)
     check_soft_ce_outputs(row_loss, grad, z_adv, y)
@@ -346,7 +348,7 @@ def op_samples(gen):
         "soft_ce_forward": (ops.soft_ce_forward.default, (z, torch.rand(batch, k, generator=gen))),
         "sglr_forward": (ops.sglr_forward.default,
                          (z, torch.randn(batch, k, generator=gen), labels, index, torch.zeros(n, k),
-                          0.2, 1.5, 0.9, 0.2)),
+                          sglr_settings(0.2, 1.5, 0.9, 0.2, "cpu"))),
         "mean_with_saved_grad": (ops.mean_with_saved_grad.default, (z.clone().requires_grad_(), row_loss, saved_grad)),
     }
 
