@@ -6,13 +6,13 @@ engine's ablation ladder in one run.
 
 Every rung runs the same iteration (``iteration.train_step``) and adds one switch of ``fastsglr.engine.fast``:
 
-    reference        ReferenceEngine: eager, fp32, the fused ops' plain PyTorch definitions; measured twice: as
-                     PyTorch runs it by default (cuDNN convolutions in TF32, as the authors' code ran) and in strict
-                     fp32 (TF32 off for convolutions and matrix products)
+    reference        ReferenceEngine: eager, fp32, the fused ops' plain PyTorch definitions (PLAIN_OPS); measured
+                     twice: as PyTorch runs it by default (cuDNN convolutions in TF32, as the authors' code ran) and
+                     in strict fp32 (TF32 off for convolutions and matrix products)
     +bf16 autocast   every forward under bf16 autocast
     +channels-last   NHWC model and inputs
     +torch.compile   the whole iteration compiled with fullgraph=True
-    +fused kernels   the Triton kernels of fastsglr.kernels (pgd_step, sglr_loss)
+    +fused kernels   the engine built with FUSED_OPS: the Triton kernels of fastsglr.kernels (pgd_step, sglr_loss)
     +CUDA graph      the compiled iteration captured once and replayed for every batch
 
 What matters is measured first, so a run cut short still has it: the headline (the full fast configuration, the
@@ -36,7 +36,6 @@ times are perf_counter seconds of a CPU, which check that the ladder runs and me
 Writes FILE.json (after every rung, so a run cut short keeps what it measured), FILE.md and FILE.png.
 """
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -58,7 +57,7 @@ from fastsglr.data.datadir import DataInfo, read_data_dir
 from fastsglr.data.loaders import DeviceLoader, FFCVLoader
 from fastsglr.data.prepare import prepare
 from fastsglr.data.sources import channel_stats, load_raw
-from fastsglr.engine.fast import WARMUP_STEPS, FastEngine, FastOptions, plain_ops
+from fastsglr.engine.fast import WARMUP_STEPS, FastEngine, FastOptions
 from fastsglr.files import write_json
 from fastsglr.engine.reference import ReferenceEngine
 from fastsglr.labels import build_label_strategy
@@ -208,14 +207,14 @@ def build_run(args, name, info, train_labels, options, device):
     return optimizer, FastEngine(model, optimizer, strategy, cfg, options)
 
 
-def run_steps(optimizer, engine, options, pool, count, start=0):
-    """``count`` iterations with the trainer's protocol: the learning rate set on the param groups every step."""
+def run_steps(optimizer, engine, pool, count, start=0):
+    """``count`` iterations with the trainer's protocol: the learning rate set on the param groups every step. Each
+    engine calls the op set it was built with (the rung's ``fused`` switch)."""
     meter = TrainMeter(pool[0].images.device)
-    with plain_ops() if options is None else contextlib.nullcontext():  # FastEngine switches ops itself
-        for step in range(start, start + count):
-            for group in optimizer.param_groups:
-                group["lr"] = 0.1
-            engine.step(pool[step % len(pool)], meter, step)
+    for step in range(start, start + count):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1
+        engine.step(pool[step % len(pool)], meter, step)
     return meter
 
 
@@ -238,7 +237,7 @@ def iteration_flops(args, name, info, train_labels, pool, device):
     """FLOPs of one iteration (reference engine, plain ops) and of one forward per image."""
     optimizer, engine = build_run(args, name, info, train_labels, None, device)
     with FlopCount() as iteration:
-        run_steps(optimizer, engine, None, pool, 1)
+        run_steps(optimizer, engine, pool, 1)
     with FlopCount() as forward, torch.no_grad():
         engine.model(pool[0].images)
     return iteration.total, forward.total / args.batch_size
@@ -249,13 +248,13 @@ def time_rung(args, name, info, train_labels, pool, options, device):
     and whether the compiled iteration is one graph (None: not compiled)."""
     optimizer, engine = build_run(args, name, info, train_labels, options, device)
     start = time.perf_counter()
-    run_steps(optimizer, engine, options, pool, WARMUP_STEPS + 1)
+    run_steps(optimizer, engine, pool, WARMUP_STEPS + 1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     warmup = time.perf_counter() - start
     clock = Clock(device)
     clock.start()
-    run_steps(optimizer, engine, options, pool, args.iters, start=WARMUP_STEPS + 1)
+    run_steps(optimizer, engine, pool, args.iters, start=WARMUP_STEPS + 1)
     return clock.stop() / args.iters, warmup, getattr(getattr(engine, "train_fn", None), "fullgraph", None)
 
 

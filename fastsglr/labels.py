@@ -4,14 +4,17 @@
     ls    label smoothing, target (1 - r) * onehot + r / K
     te    temporal ensembling for AT (Dong et al., ICLR 2022): CE plus a consistency term towards an EMA of past
           predictions of each training sample
-    sglr  Self-Guided Label Refinement (the paper, REFERENCE section 1): soft-target CE against an EMA table of
+    sglr  Self-Guided Label Refinement (the paper, Sec. 3.1, Eq. (6)-(8)): soft-target CE against an EMA table of
           blended clean/adversarial predictions, mixed with the one-hot label
 
 A strategy is an ``nn.Module`` whose per-sample tables are buffers, so ``state_dict()`` checkpoints them with the
 model and ``.to(device)`` moves them. ``loss`` runs once per training step inside a compiled graph: it updates the
-tables in place with index writes and never syncs with the host. Per-epoch settings (SGLR warm-up, TE ramp-up) are
-set on the host by ``start_epoch``, which the training loop calls at the start of every epoch, resumed runs
-included.
+tables in place with index writes and never syncs with the host. Its numbers (r, T, alpha, lam, the TE momentum and
+weight) are 0-d float64 buffers, not Python floats: a compiled iteration reads them from memory, so another value
+(another configuration in the same process) neither recompiles nor guards; float64 holds the Python float exactly,
+so eager arithmetic rounds as it does with the float. ``loss`` calls the op set it is given (the plain definitions
+unless an engine passes its own). Per-epoch settings (SGLR warm-up, TE ramp-up) are set on the host by
+``start_epoch``, which the training loop calls at the start of every epoch, resumed runs included.
 """
 import math
 
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastsglr.kernels import sglr_loss, sglr_target, soft_cross_entropy
+from fastsglr.kernels import PLAIN_OPS, sglr_target
 
 from .errors import UsageError
 
@@ -49,8 +52,12 @@ class LabelStrategy(nn.Module):
         """The per-sample tables (N x K, indexed by ``index``) that ranks keep in sync under torchrun."""
         return []
 
-    def loss(self, logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor,
-             ce_on: str = "adv") -> Tensor:
+    def register_number(self, name: str, value: float) -> None:
+        """A hyper-parameter as a 0-d float64 buffer (moved by ``.to(device)``, not checkpointed: it is config)."""
+        self.register_buffer(name, torch.tensor(value, dtype=torch.float64), persistent=False)
+
+    def loss(self, logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, ce_on: str = "adv",
+             ops=PLAIN_OPS) -> Tensor:
         """Scalar label loss of the logits named by ``ce_on``; updates per-sample tables in place."""
         raise NotImplementedError
 
@@ -58,7 +65,7 @@ class LabelStrategy(nn.Module):
 class HardLabels(LabelStrategy):
     """Plain cross-entropy against the (possibly noisy) training labels."""
 
-    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
+    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv", ops=PLAIN_OPS):
         return F.cross_entropy(_ce_logits(logits_adv, logits_clean, ce_on).float(), labels)
 
 
@@ -67,12 +74,13 @@ class LabelSmoothing(LabelStrategy):
 
     def __init__(self, num_classes: int, r: float):
         super().__init__()
-        self.num_classes, self.r = num_classes, r
+        self.num_classes = num_classes
+        self.register_number("r", r)
 
-    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
+    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv", ops=PLAIN_OPS):
         onehot = F.one_hot(labels, self.num_classes).float()
         target = (1 - self.r) * onehot + self.r / self.num_classes
-        return soft_cross_entropy(_ce_logits(logits_adv, logits_clean, ce_on), target)
+        return ops.soft_cross_entropy(_ce_logits(logits_adv, logits_clean, ce_on), target)
 
 
 class TemporalEnsembling(LabelStrategy):
@@ -101,7 +109,8 @@ class TemporalEnsembling(LabelStrategy):
 
     def __init__(self, num_train: int, num_classes: int, momentum: float, weight: float, rampup: int):
         super().__init__()
-        self.momentum, self.max_weight, self.rampup = momentum, weight, rampup
+        self.max_weight, self.rampup = weight, rampup
+        self.register_number("momentum", momentum)
         self.register_buffer("ensemble", torch.zeros(num_train, num_classes))
         # A device tensor, not a Python float: a compiled step reads it instead of recompiling every epoch.
         self.register_buffer("consistency_weight", torch.tensor(self.weight_at(0)), persistent=False)
@@ -118,7 +127,7 @@ class TemporalEnsembling(LabelStrategy):
     def sample_tables(self) -> list:
         return [self.ensemble]
 
-    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
+    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv", ops=PLAIN_OPS):
         z = _ce_logits(logits_adv, logits_clean, ce_on).float()
         prob = torch.softmax(logits_clean.detach().float(), dim=1)
         rows = self.momentum * self.ensemble[index] + (1 - self.momentum) * prob
@@ -129,7 +138,8 @@ class TemporalEnsembling(LabelStrategy):
 
 
 class SelfGuidedLabelRefinement(LabelStrategy):
-    """SGLR, Eq. (6)-(8) of the paper; every detail as in REFERENCE section 1.
+    """SGLR, Eq. (6)-(8) of the paper (Sec. 3.1; the table's start and warm-up also as in the authors' released
+    ``main_adv.py``).
 
         f~     = lam * softmax(z_clean / T) + (1 - lam) * softmax(z_adv / T)
         p~_i  <- alpha * p~_i + (1 - alpha) * f~                  (EMA table ``table``, N x K, update-then-use)
@@ -145,7 +155,9 @@ class SelfGuidedLabelRefinement(LabelStrategy):
     def __init__(self, train_labels: Tensor, num_classes: int, r: float, temperature: float, alpha: float,
                  lam: float, init: str, warmup: int):
         super().__init__()
-        self.r, self.temperature, self.alpha, self.lam, self.warmup = r, temperature, alpha, lam, warmup
+        self.warmup = warmup
+        for name, value in (("r", r), ("temperature", temperature), ("alpha", alpha), ("lam", lam)):
+            self.register_number(name, value)
         if init == "onehot":
             table = F.one_hot(train_labels.long(), num_classes).float()
         elif init == "zeros":
@@ -165,29 +177,30 @@ class SelfGuidedLabelRefinement(LabelStrategy):
     def sample_tables(self) -> list:
         return [self.table]
 
-    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv"):
+    def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv", ops=PLAIN_OPS):
         z = _ce_logits(logits_adv, logits_clean, ce_on)
         if not self.refining:
             return F.cross_entropy(z.float(), labels)
         args = (self.r, self.temperature, self.alpha, self.lam)
         if ce_on == "adv":
-            return sglr_loss(logits_adv, logits_clean, labels, index, self.table, *args)
+            return ops.sglr_loss(logits_adv, logits_clean, labels, index, self.table, *args)
         # TRADES + SGLR: the same target and table update, but the CE is on the clean logits.
         y, rows = sglr_target(logits_adv, logits_clean, labels, self.table[index], *args)
         self.table[index] = rows.to(self.table.dtype)
-        return soft_cross_entropy(logits_clean, y)
+        return ops.soft_cross_entropy(logits_clean, y)
 
 
 def build_label_strategy(cfg, train_labels: Tensor, num_classes: int) -> LabelStrategy:
     """The strategy named by ``cfg.labels``, its tables on ``train_labels``' device (one row per training sample)."""
     if cfg.labels == "hard":
-        return HardLabels()
-    if cfg.labels == "ls":
-        return LabelSmoothing(num_classes, cfg.r)
-    if cfg.labels == "te":
+        strategy = HardLabels()
+    elif cfg.labels == "ls":
+        strategy = LabelSmoothing(num_classes, cfg.r)
+    elif cfg.labels == "te":
         strategy = TemporalEnsembling(len(train_labels), num_classes, cfg.ema_momentum, cfg.te_weight, cfg.te_rampup)
-        return strategy.to(train_labels.device)
-    if cfg.labels == "sglr":
-        return SelfGuidedLabelRefinement(train_labels, num_classes, cfg.r, cfg.temperature, cfg.ema_momentum,
-                                         cfg.lam, cfg.ema_init, cfg.sglr_warmup)
-    raise UsageError(f"unknown label strategy '{cfg.labels}': choose one of hard, ls, te, sglr")
+    elif cfg.labels == "sglr":
+        strategy = SelfGuidedLabelRefinement(train_labels, num_classes, cfg.r, cfg.temperature, cfg.ema_momentum,
+                                             cfg.lam, cfg.ema_init, cfg.sglr_warmup)
+    else:
+        raise UsageError(f"unknown label strategy '{cfg.labels}': choose one of hard, ls, te, sglr")
+    return strategy.to(train_labels.device)

@@ -4,15 +4,43 @@
 optimizer step. The order and BatchNorm mode of every forward are part of the method, since BN running
 statistics depend on them; they are spelled out per method below.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from fastsglr.kernels import PLAIN_OPS
 
 from .attacks import pgd, trades_attack
 from .distributed import unwrap
 from .errors import UsageError
 
 
-def _pgd_at(model, x, labels, index, strategy, cfg):
+@dataclass(frozen=True)
+class Objective:
+    """The adversarial objective's settings as the training iteration reads them: what shapes the computation as
+    Python values (a new value compiles a new graph), the numbers as 0-d float64 tensors on the training device (a
+    new value changes memory only: a compiled iteration neither recompiles nor guards on it; float64 holds the
+    config's Python float exactly, so eager arithmetic rounds as it did with the float)."""
+
+    method: str
+    attack_bn_mode: str
+    attack_steps: int
+    eps: Tensor
+    step_size: Tensor
+    trades_beta: Tensor
+
+    @classmethod
+    def from_config(cls, cfg, device) -> "Objective":
+        if cfg.method not in _METHODS:
+            raise UsageError(f"unknown method '{cfg.method}': choose one of {', '.join(_METHODS)}")
+        eps, step_size, beta = (torch.tensor(v, dtype=torch.float64, device=device)
+                                for v in (cfg.eps, cfg.step_size, cfg.trades_beta))
+        return cls(cfg.method, cfg.attack_bn_mode, cfg.attack_steps, eps, step_size, beta)
+
+
+def _pgd_at(model, x, labels, index, strategy, objective, ops):
     """Madry's PGD-AT with the strategy's label term on the adversarial logits.
 
     Forwards, in order:
@@ -20,7 +48,7 @@ def _pgd_at(model, x, labels, index, strategy, cfg):
        attack. It never touches BN running statistics, so hard labels stay exactly Madry's PGD-AT; its logits give
        the clean training accuracy and TE's ensembled predictions (Dong et al.'s code also takes them in eval mode
        before the attack).
-    2. The attack, in ``cfg.attack_bn_mode``.
+    2. The attack, in the objective's ``attack_bn_mode``.
     3. The adversarial forward in train mode, with grad.
     4. If the strategy needs them (SGLR after warm-up): a no-grad clean forward in TRAIN mode, AFTER the adversarial
        one, as in the authors' released SGLS code, so BN running statistics see the clean batch last.
@@ -31,43 +59,45 @@ def _pgd_at(model, x, labels, index, strategy, cfg):
         model.eval()
         with torch.no_grad():
             logits_clean = inner(x)
-    model.train(cfg.attack_bn_mode == "train")
-    x_adv = pgd(inner, x, labels, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+    model.train(objective.attack_bn_mode == "train")
+    x_adv = pgd(inner, x, labels, eps=objective.eps, step_size=objective.step_size, steps=objective.attack_steps,
+                ops=ops)
     model.train()
     logits_adv = model(x_adv)
     if strategy.needs_clean_logits:
         with torch.no_grad():
             logits_clean = inner(x)
-    loss = strategy.loss(logits_adv, logits_clean.detach(), labels, index, ce_on="adv")
+    loss = strategy.loss(logits_adv, logits_clean.detach(), labels, index, ce_on="adv", ops=ops)
     return loss, logits_adv, logits_clean
 
 
-def _trades(model, x, labels, index, strategy, cfg):
+def _trades(model, x, labels, index, strategy, objective, ops):
     """TRADES: label term on the clean logits + beta * KL(f(x) || f(x_adv)) with batchmean reduction.
 
-    The attack runs in ``cfg.attack_bn_mode``; then, in train mode and with grad, the clean forward and after it the
-    adversarial one. TRADES' own code runs the clean forward twice (once for CE, once for the KL target); one forward
-    feeds both here, so BN running statistics see the clean batch once instead of twice.
+    The attack runs in the objective's ``attack_bn_mode``; then, in train mode and with grad, the clean forward and
+    after it the adversarial one. TRADES' own code runs the clean forward twice (once for CE, once for the KL
+    target); one forward feeds both here, so BN running statistics see the clean batch once instead of twice.
     """
-    model.train(cfg.attack_bn_mode == "train")
-    x_adv = trades_attack(unwrap(model), x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+    model.train(objective.attack_bn_mode == "train")
+    x_adv = trades_attack(unwrap(model), x, eps=objective.eps, step_size=objective.step_size,
+                          steps=objective.attack_steps, ops=ops)
     model.train()
     logits_clean = model(x)
     logits_adv = model(x_adv)
-    natural = strategy.loss(logits_adv, logits_clean, labels, index, ce_on="clean")
+    natural = strategy.loss(logits_adv, logits_clean, labels, index, ce_on="clean", ops=ops)
     robust = F.kl_div(torch.log_softmax(logits_adv.float(), dim=1), torch.softmax(logits_clean.float(), dim=1),
                       reduction="batchmean")
-    return natural + cfg.trades_beta * robust, logits_adv, logits_clean
+    # beta cast to the loss's float32 first: two 0-d tensors would otherwise promote the loss to float64.
+    return natural + objective.trades_beta.to(robust.dtype) * robust, logits_adv, logits_clean
 
 
 _METHODS = {"pgd-at": _pgd_at, "trades": _trades}
 
 
-def objective_loss(model, x, labels, index, strategy, cfg):
+def objective_loss(model, x, labels, index, strategy, objective: Objective, ops=PLAIN_OPS):
     """Return ``(loss, logits_adv, logits_clean)`` for one batch; leaves the model in train mode.
 
-    ``index`` holds each sample's row in the strategy's per-sample tables.
+    ``index`` holds each sample's row in the strategy's per-sample tables; ``ops`` is the op set the attack and the
+    label strategy call (the plain definitions unless an engine passes its own).
     """
-    if cfg.method not in _METHODS:
-        raise UsageError(f"unknown method '{cfg.method}': choose one of {', '.join(_METHODS)}")
-    return _METHODS[cfg.method](model, x, labels, index, strategy, cfg)
+    return _METHODS[objective.method](model, x, labels, index, strategy, objective, ops)

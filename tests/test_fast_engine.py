@@ -11,15 +11,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastsglr import attacks, labels
 from fastsglr.config import Config
 from fastsglr.data.loaders import Batch
 from fastsglr.engine import build_engine
-from fastsglr.engine.fast import (WARMUP_STEPS, CompiledWhole, DeviceLossScale, FastEngine, FastOptions, SGDUpdate,
-                                  plain_ops)
+from fastsglr.engine.fast import WARMUP_STEPS, CompiledWhole, DeviceLossScale, FastEngine, FastOptions, SGDUpdate
 from fastsglr.engine.reference import ReferenceEngine
 from fastsglr.evaluation import evaluate
-from fastsglr.kernels import pgd_step, sglr_loss, soft_cross_entropy
 from fastsglr.labels import build_label_strategy
 from fastsglr.metrics import TrainMeter
 from fastsglr.models import build_model
@@ -214,7 +211,7 @@ def test_fast_evaluation_matches_reference_evaluation():
 
 # ---- CPU: the eager pieces ---------------------------------------------------------------------------------------
 
-def test_eager_fast_engine_matches_reference_and_plain_ops_too():
+def test_eager_fast_engine_matches_reference_with_either_op_set():
     """Uncompiled, the fast engine is the reference run through SGDUpdate: identical numbers, fused ops or not."""
     _, batches = make_data("cpu", 3)
     ref = make_run("cpu")
@@ -222,14 +219,39 @@ def test_eager_fast_engine_matches_reference_and_plain_ops_too():
     for fused in (True, False):
         fast = make_run("cpu", options=FastOptions(compile=False, fused=fused), engine="fast")
         assert_same_training(ref, fast, ref_out, train(fast, batches), rtol=1e-5, atol=1e-6)
-    assert (attacks.pgd_step, labels.sglr_loss, labels.soft_cross_entropy) == (pgd_step, sglr_loss,
-                                                                                soft_cross_entropy)
 
 
-def test_plain_ops_swaps_and_restores():
-    with plain_ops():
-        assert attacks.pgd_step is not pgd_step and labels.sglr_loss is not sglr_loss
-    assert attacks.pgd_step is pgd_step and labels.sglr_loss is sglr_loss
+class OpsCalled(TorchDispatchMode):
+    """Records the overload packet of every op that reaches dispatch."""
+
+    def __init__(self):
+        super().__init__()
+        self.called = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.add(func.overloadpacket)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+def test_reference_engine_never_calls_a_fused_op_and_the_fused_engine_does(method):
+    """The op set is the engine's, on every device: ReferenceEngine runs the plain definitions (no op of the
+    fastsglr torch.library namespace reaches dispatch), a fast engine built with fused ops calls them."""
+    fused_ops = {getattr(torch.ops.fastsglr, name) for name in torch.ops.fastsglr}
+    assert {torch.ops.fastsglr.pgd_step, torch.ops.fastsglr.sglr_forward} <= fused_ops
+    cfg = dataclasses.replace(CFG, method=method)
+    _, batches = make_data("cpu", 1)
+    called = {}
+    for name, options in (("reference", None), ("fused", FastOptions(compile=False, fused=True)),
+                          ("plain", FastOptions(compile=False, fused=False))):
+        run = make_run("cpu", cfg, options, engine="reference" if options is None else "fast")
+        with OpsCalled() as mode:
+            run[3].step(batches[0], TrainMeter("cpu"), 0)
+        called[name] = mode.called & fused_ops
+    assert called["reference"] == called["plain"] == set()
+    expected = {torch.ops.fastsglr.pgd_step, torch.ops.fastsglr.mean_with_saved_grad}
+    expected.add(torch.ops.fastsglr.sglr_forward if method == "pgd-at" else torch.ops.fastsglr.soft_ce_forward)
+    assert called["fused"] == expected
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -12,7 +12,7 @@ from fastsglr.attacks import pgd, trades_attack
 from fastsglr.config import BN_MODES, LABEL_STRATEGIES, METHODS, Config
 from fastsglr.errors import UsageError
 from fastsglr.labels import build_label_strategy
-from fastsglr.objectives import objective_loss
+from fastsglr.objectives import Objective, objective_loss
 
 N, K, B = 20, 4, 8
 
@@ -55,7 +55,7 @@ def run(model, cfg, seed=5, epoch=0):
     strategy = build_label_strategy(cfg, train_labels, K)
     strategy.start_epoch(epoch)
     torch.manual_seed(seed)
-    return objective_loss(model, x, y, index, strategy, cfg), strategy
+    return objective_loss(model, x, y, index, strategy, Objective.from_config(cfg, "cpu")), strategy
 
 
 @pytest.mark.parametrize("labels", LABEL_STRATEGIES)

@@ -8,18 +8,21 @@ It computes what ReferenceEngine computes: the same function runs, only the way 
     channels_last  NHWC model and inputs: the layout in which cuDNN runs convolutions on tensor cores
     compile        torch.compile(fullgraph=True) of the whole iteration: random start, the PGD (or TRADES) loop with
                    its input gradients, the forwards, the label strategy, backward, the SGD update, the metrics
-    fused          the fused ops of fastsglr.kernels; off, their plain PyTorch definitions (the ladder's lower rungs)
+    fused          the engine's op set: FUSED_OPS of fastsglr.kernels; off, PLAIN_OPS, their plain PyTorch definitions
+                   (the ladder's lower rungs). Chosen when the engine is built and passed down the iteration.
     cuda_graph     the compiled iteration captured once after a warm-up, then replayed: one launch per batch
 
 A captured graph replays fixed kernels on fixed addresses, so the iteration never syncs with the host and keeps
 everything it reads or writes in static tensors: each batch is copied into static inputs; the step counter and
 the learning rate are device tensors filled before each replay (the schedule needs no re-capture); metrics add up
-in static sums that are copied into the trainer's meter. BatchNorm statistics, the SGLR table and the RNG advance
+in static sums that are copied into the trainer's meter. The numbers of the objective and of the label strategy
+(eps, step size, beta, r, T, alpha, lam, TE's momentum and weight) are device tensors too, so another configuration
+in the same process (``fastsglr reproduce``) runs the graph already compiled for its structure (method, label
+strategy, BN mode, steps, shapes). BatchNorm statistics, the SGLR table and the RNG advance
 inside the iteration exactly as in the reference: same ops, same order, and random numbers from ATen's generator
 (``fallback_random``), so compiled runs draw the numbers eager runs draw. The one host-side switch of a label
 strategy, ``needs_clean_logits`` (SGLR's end of warm-up), selects the graph: one is captured for each value.
 """
-import contextlib
 import dataclasses
 import warnings
 from collections import Counter
@@ -27,12 +30,12 @@ from collections import Counter
 import torch
 from torch.optim.sgd import sgd
 
-from .. import attacks, labels
 from ..data.loaders import Batch
 from ..distributed import World, unwrap, wrap_model
 from ..errors import UsageError
-from ..kernels import reference
+from ..kernels import FUSED_OPS, PLAIN_OPS
 from ..metrics import CalibrationMeter, TrainMeter, evaluation_row
+from ..objectives import Objective
 from .iteration import eval_step, train_step
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,22 +59,6 @@ class FastOptions:
         cuda = torch.device(device).type == "cuda"
         return cls(precision=precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=True, fused=True,
                    cuda_graph=cuda)
-
-
-@contextlib.contextmanager
-def plain_ops():
-    """The fused ops replaced by their plain PyTorch definitions where the iteration calls them (ladder rungs below
-    "+fused kernels"). The definitions are the ops' semantics, so results agree to rounding."""
-    swaps = [(attacks, "pgd_step", reference.pgd_step), (labels, "sglr_loss", reference.sglr_loss),
-             (labels, "soft_cross_entropy", reference.soft_cross_entropy)]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
-    try:
-        for module, name, plain in swaps:
-            setattr(module, name, plain)
-        yield
-    finally:
-        for module, name, fused in saved:
-            setattr(module, name, fused)
 
 
 class SGDUpdate:
@@ -166,10 +153,11 @@ class DeviceLossScale:
 
 
 class CompiledWhole:
-    """``torch.compile(fn, fullgraph=True)``: the iteration as one graph. A torch too old to trace it whole (an older
-    release may break the graph at the attack's ``requires_grad_``) gets a warning and a compile with graph
-    breaks instead: the same ops in several graphs, still free of host syncs and still capturable, only slower.
-    ``fullgraph`` says which one runs."""
+    """``torch.compile(fn, fullgraph=True)``: the iteration as one graph. A torch that cannot trace it whole gets a
+    warning and a compile with graph breaks instead: the same ops in several graphs, still free of host syncs and
+    still capturable, only slower. ``fullgraph`` says which one runs. A function that reached Dynamo's recompile
+    limit (more structurally different runs in one process than ``torch._dynamo.config.recompile_limit``; numbers
+    never recompile) gets a warning and runs eagerly: the same results, never a traceback."""
 
     def __init__(self, fn):
         self.fn, self.fullgraph = fn, True
@@ -182,6 +170,11 @@ class CompiledWhole:
 
     def __call__(self, *args):
         try:
+            return self.compiled(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as exc:  # raised before anything ran
+            warnings.warn(f"torch.compile reached its recompile limit on {self.fn.__name__} "
+                          f"({str(exc).splitlines()[0]}); running it eagerly from now on")
+            self.compiled = self.fn
             return self.compiled(*args)
         except torch._dynamo.exc.Unsupported as exc:  # raised while tracing, before anything ran
             if not self.fullgraph:
@@ -218,16 +211,20 @@ class FastEngine:
         if compile_module:
             model = torch.compile(model, dynamic=False, options={"fallback_random": True})
         # DDP after the layout change: its gradient buckets take the parameters' strides when it is built.
-        self.model, self.strategy, self.cfg = wrap_model(world, model, cfg.sync_bn), strategy, cfg
+        self.model, self.strategy = wrap_model(world, model, cfg.sync_bn), strategy
+        self.objective = Objective.from_config(cfg, self.device)
         self.optimizer = SGDUpdate(optimizer, self.device)
         self.autocast_dtype = AUTOCAST_DTYPES[self.options.precision]
         self.scaler = DeviceLossScale(self.device) if self.options.precision == "fp16" else None
-        self.ops = contextlib.nullcontext if self.options.fused else plain_ops
+        self.ops = FUSED_OPS if self.options.fused else PLAIN_OPS
         # Static state that a captured graph reads and writes; inputs get their shapes from the first batch.
         self.inputs, self.eval_inputs = None, None
         self.step_index = torch.zeros((), dtype=torch.int64, device=self.device)
         self.meter, self.meter_owner = TrainMeter(self.device), None
         self.clean, self.adv = CalibrationMeter(self.device), CalibrationMeter(self.device)
+        # The evaluation attack's eps and step size, filled by evaluate(): read from memory like the objective's.
+        self.eval_eps = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.eval_step_size = torch.zeros((), dtype=torch.float64, device=self.device)
         self.graphs, self.warmups = {}, Counter()
         if self.options.compile:
             self.train_fn, self.eval_fn = CompiledWhole(self._train_iteration), CompiledWhole(self._eval_batch)
@@ -237,12 +234,12 @@ class FastEngine:
     # ---- the two functions that get compiled and captured ------------------------------------------------------
 
     def _train_iteration(self):
-        return train_step(self.model, self.optimizer, self.strategy, self.cfg, self.inputs, self.meter,
-                          self.step_index, autocast_dtype=self.autocast_dtype, scaler=self.scaler)
+        return train_step(self.model, self.optimizer, self.strategy, self.objective, self.inputs, self.meter,
+                          self.step_index, ops=self.ops, autocast_dtype=self.autocast_dtype, scaler=self.scaler)
 
-    def _eval_batch(self, images, labels, eps, step_size, steps):
-        eval_step(unwrap(self.model), images, labels, self.clean, self.adv, eps=eps, step_size=step_size,
-                  steps=steps, autocast_dtype=self.autocast_dtype)
+    def _eval_batch(self, images, labels, steps):
+        eval_step(unwrap(self.model), images, labels, self.clean, self.adv, eps=self.eval_eps,
+                  step_size=self.eval_step_size, steps=steps, ops=self.ops, autocast_dtype=self.autocast_dtype)
 
     # ---- training ----------------------------------------------------------------------------------------------
 
@@ -258,7 +255,7 @@ class FastEngine:
             static.copy_(value, non_blocking=True)
         self.step_index.fill_(step)
         self.optimizer.load_lr()
-        with self.ops(), torch._dynamo.config.patch(trace_autograd_ops=True):  # autograd.grad traced, not a break
+        with torch._dynamo.config.patch(trace_autograd_ops=True):  # the training backward traced, not a break
             loss = self._run(self.train_fn, key=("train", self.strategy.needs_clean_logits))
         meter.sums.copy_(self.meter.sums)
         meter.first_bad_step.copy_(self.meter.first_bad_step)
@@ -303,19 +300,20 @@ class FastEngine:
         Full batches go through the compiled (and captured) eval step; a last, smaller batch runs it eagerly, so it
         costs neither a second compilation nor a second graph.
         """
-        attack = (eps, step_size, steps)
+        self.eval_eps.fill_(eps)
+        self.eval_step_size.fill_(step_size)
         self.model.eval()
         self.clean.reset()
         self.adv.reset()
-        with self.ops(), torch._dynamo.config.patch(trace_autograd_ops=True):
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
             for batch in loader:
                 if self.eval_inputs is None:
                     self.eval_inputs = self._static_like(batch)
                 if batch.images.shape != self.eval_inputs.images.shape:
-                    self._eval_batch(batch.images, batch.labels, *attack)
+                    self._eval_batch(batch.images, batch.labels, steps)
                     continue
                 self.eval_inputs.images.copy_(batch.images, non_blocking=True)
                 self.eval_inputs.labels.copy_(batch.labels, non_blocking=True)
-                self._run(lambda: self.eval_fn(self.eval_inputs.images, self.eval_inputs.labels, *attack),
-                          key=("eval", attack))
+                self._run(lambda: self.eval_fn(self.eval_inputs.images, self.eval_inputs.labels, steps),
+                          key=("eval", steps))
         return evaluation_row(self.clean, self.adv)

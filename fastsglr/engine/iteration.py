@@ -2,9 +2,11 @@
 
 Both engines run exactly this; they differ only in how (eager fp32, or compiled / mixed precision / graphed).
 It never syncs with the host: metrics go into the meter's device accumulators. ``eval_step`` is the same for one
-batch of the per-epoch test evaluation.
+batch of the per-epoch test evaluation. Both call the ops of the op set ``ops`` their engine was built with.
 """
 import torch
+
+from fastsglr.kernels import PLAIN_OPS
 
 from ..attacks import pgd
 from ..metrics import total_grad_norm
@@ -20,15 +22,17 @@ def _autocast(x, dtype):
     return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
-def train_step(model, optimizer, strategy, cfg, batch, meter, step, *, autocast_dtype=None, scaler=None):
-    """One iteration on ``batch``; returns the (detached) loss.
+def train_step(model, optimizer, strategy, objective, batch, meter, step, *, ops=PLAIN_OPS, autocast_dtype=None,
+               scaler=None):
+    """One iteration on ``batch`` with the ``objectives.Objective`` ``objective``; returns the (detached) loss.
 
     ``autocast_dtype`` (bf16 / fp16) runs the forwards under autocast; backward and update stay outside it.
     ``scaler`` (fp16) has torch.amp.GradScaler's interface: the loss is scaled for the backward, the gradients
     unscaled before their norm and the update, which is skipped when they overflowed.
     """
     with _autocast(batch.images, autocast_dtype):
-        loss, logits_adv, logits_clean = objective_loss(model, batch.images, batch.labels, batch.index, strategy, cfg)
+        loss, logits_adv, logits_clean = objective_loss(model, batch.images, batch.labels, batch.index, strategy,
+                                                        objective, ops)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -45,12 +49,12 @@ def train_step(model, optimizer, strategy, cfg, batch, meter, step, *, autocast_
     return loss.detach()
 
 
-def eval_step(model, images, labels, clean, adv, *, eps, step_size, steps, autocast_dtype=None):
+def eval_step(model, images, labels, clean, adv, *, eps, step_size, steps, ops=PLAIN_OPS, autocast_dtype=None):
     """One test batch, model in eval mode: clean predictions into ``clean``, PGD (CE, random start) ones into ``adv``
     (two CalibrationMeters)."""
     with _autocast(images, autocast_dtype):
         with torch.no_grad():
             clean.update(model(images), labels)
-        x_adv = pgd(model, images, labels, eps=eps, step_size=step_size, steps=steps)
+        x_adv = pgd(model, images, labels, eps=eps, step_size=step_size, steps=steps, ops=ops)
         with torch.no_grad():
             adv.update(model(x_adv), labels)
