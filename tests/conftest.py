@@ -1,13 +1,16 @@
-"""Shared test set-up: Triton kernels run in the interpreter; GPU tests skip without a GPU; small digits data
-directories are prepared once per session."""
+"""Shared test set-up: without a GPU, Triton kernels run in the interpreter; GPU tests skip without a GPU; small
+digits data directories are prepared once per session."""
 import os
 
-# Triton reads this when the kernels are decorated, i.e. at the first import of fastsglr.kernels: it must be set
-# before any test module imports fastsglr. On CPU tensors the ops then run the real Triton kernels, interpreted.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Without a CUDA device the Triton kernels run in the interpreter, on CPU tensors; with one they are compiled, so
+# `pytest -m gpu` tests the real kernels. Triton reads the variable when the kernels are decorated, i.e. at the
+# first import of fastsglr.kernels: this runs before any test module imports fastsglr. torch.cuda.is_available()
+# asks the driver for a device count without creating a CUDA context.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

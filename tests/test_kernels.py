@@ -1,29 +1,26 @@
 """Tests of fastsglr.kernels: the Triton kernels (run by the Triton interpreter on CPU) against float64 references.
 
 TRITON_INTERPRET must be set before fastsglr.kernels is first imported in this process (Triton reads it when
-``@triton.jit`` runs). It is set below for a run of this file alone; in a full test session another module may
-import fastsglr.kernels first, so a conftest.py should set it. If the kernels were not built by the interpreter,
-the interpreter tests fail with a message saying so (rather than silently testing the reference against itself).
+``@triton.jit`` runs): tests/conftest.py sets it on a machine without a CUDA device. If the kernels were not built
+by the interpreter there, the interpreter tests fail with a message saying so (rather than silently testing the
+reference against itself); on a GPU box the kernels are compiled and the interpreter tests skip.
 """
+import json
 import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import zlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-import fastsglr.kernels as K  # noqa: E402
-from fastsglr.kernels import reference as R  # noqa: E402
-from fastsglr.kernels import sglr_settings  # noqa: E402
-from fastsglr.kernels.pgd import launch_pgd_step, launch_pgd_step_  # noqa: E402
-from fastsglr.kernels.sglr import MAX_K, launch_sglr_forward, launch_soft_ce_forward  # noqa: E402
+import fastsglr.kernels as K
+from fastsglr.kernels import reference as R
+from fastsglr.kernels import sglr_settings
+from fastsglr.kernels.pgd import launch_pgd_step, launch_pgd_step_
+from fastsglr.kernels.sglr import MAX_K, launch_sglr_forward, launch_soft_ce_forward
 
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -43,6 +40,8 @@ def gen(request):
 
 @pytest.fixture
 def interpreted():
+    if torch.cuda.is_available():
+        pytest.skip("with a CUDA device the Triton kernels are compiled, not interpreted (tests/conftest.py)")
     if K.backend(torch.empty(0)) != "triton-interpreter":
         pytest.fail("fastsglr.kernels was imported before TRITON_INTERPRET=1 was set (by another test module?): "
                     "the Triton kernels would not run. Set TRITON_INTERPRET=1 in conftest.py or the environment.")
