@@ -209,3 +209,72 @@ def test_trades_attack_ends_at_a_kl_maximising_corner_of_two_class_linear_model(
         p, q = torch.softmax(model(x).double(), 1), torch.softmax(model(x_adv).double(), 1)
         kl = (p * (p.log() - q.log())).sum(1)
     assert (kl > 0).all()
+
+
+# ---- The attack's gradient path: torch.func.grad, bit for bit what torch.autograd.grad gave --------------------
+
+def autograd_pgd(model, x, labels, *, eps, step_size, steps, loss):
+    """The PGD loop as written before torch.func.grad (torch.autograd.grad on a leaf made with requires_grad_,
+    ``uniform_`` for the start, the plain PGD step): the independent reference of the eager attack."""
+    from fastsglr.attacks import _attack_loss, project
+    from fastsglr.kernels.reference import pgd_step
+
+    x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            objective = _attack_loss(model(x_adv), labels, loss)
+        (grad,) = torch.autograd.grad(objective, x_adv)
+        x_adv = pgd_step(x_adv.detach(), x, grad, step_size, eps)
+    return x_adv.detach()
+
+
+def autograd_trades_attack(model, x, *, eps, step_size, steps):
+    from fastsglr.attacks import project
+    from fastsglr.kernels.reference import pgd_step
+
+    with torch.no_grad():
+        p_clean = torch.softmax(model(x).float(), dim=1)
+    x_adv = project(x + 0.001 * torch.randn_like(x), x, eps)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            objective = torch.nn.functional.kl_div(torch.log_softmax(model(x_adv).float(), dim=1), p_clean,
+                                                   reduction="sum")
+        (grad,) = torch.autograd.grad(objective, x_adv)
+        x_adv = pgd_step(x_adv.detach(), x, grad, step_size, eps)
+    return x_adv.detach()
+
+
+@pytest.mark.parametrize("attack", ["pgd-ce", "pgd-cw", "trades"])
+@pytest.mark.parametrize("bn_train", [False, True])
+def test_eager_attack_is_bit_identical_to_autograd_grad(attack, bn_train):
+    """Adversarial batch and BatchNorm running statistics (train mode: updated by every attack forward) equal, bit
+    for bit, those of the torch.autograd.grad loop, with eps and step size given as floats or as device tensors."""
+    gen = torch.Generator().manual_seed(11)
+    x, y = torch.rand(6, 3, 8, 8, generator=gen), torch.randint(0, 5, (6,), generator=gen)
+    eps, step = 12 / 255, 3 / 255
+    results = []
+    for variant in ("autograd", "float", "tensor"):
+        torch.manual_seed(0)
+        model = tiny_bn_net().train(bn_train)
+        torch.manual_seed(3)
+        if variant == "autograd":
+            if attack == "trades":
+                x_adv = autograd_trades_attack(model, x, eps=eps, step_size=step, steps=3)
+            else:
+                x_adv = autograd_pgd(model, x, y, eps=eps, step_size=step, steps=3, loss=attack[4:])
+        else:
+            e, s = (eps, step) if variant == "float" else (torch.tensor(eps, dtype=torch.float64),
+                                                           torch.tensor(step, dtype=torch.float64))
+            if attack == "trades":
+                x_adv = trades_attack(model, x, eps=e, step_size=s, steps=3)
+            else:
+                x_adv = pgd(model, x, y, eps=e, step_size=s, steps=3, loss=attack[4:])
+        results.append((x_adv, [b.clone() for b in model.buffers()]))
+    (want, want_buffers), *gots = results
+    assert not torch.equal(want, x)
+    for got, got_buffers in gots:
+        assert torch.equal(got, want)
+        assert all(torch.equal(a, b) for a, b in zip(got_buffers, want_buffers))
+    assert bn_train == (results[0][1][2].item() == 3 + (attack == "trades"))  # train mode: one update per forward
