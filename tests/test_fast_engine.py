@@ -171,6 +171,56 @@ def test_compiled_whole_falls_back_to_graph_breaks_with_a_warning():
     torch.testing.assert_close(compiled(x), x.sin().cos())  # no second warning: the broken compile is kept
 
 
+# Twelve configurations of two structures: only numbers change within a structure (the numbers of issue 11: r, T,
+# alpha, lam, TE's momentum and weight, eps, step size, TRADES' beta).
+CONFIGS = [dict(method="pgd-at", labels="sglr", r=r, temperature=t, ema_momentum=a, lam=lam, eps=e, step_size=s)
+           for r, t, a, lam, e, s in ((0.0, 1.0, 0.9, 0.2, 16 / 255, 4 / 255), (0.2, 1.5, 0.9, 0.2, 16 / 255, 4 / 255),
+                                      (0.4, 2.0, 0.8, 0.5, 8 / 255, 2 / 255), (0.6, 1.0, 0.5, 0.0, 16 / 255, 8 / 255),
+                                      (0.8, 1.5, 0.95, 1.0, 24 / 255, 4 / 255), (1.0, 2.0, 0.9, 0.2, 4 / 255, 1 / 255),
+                                      (0.2, 0.5, 0.7, 0.3, 16 / 255, 3 / 255), (0.3, 3.0, 0.0, 0.7, 12 / 255, 6 / 255))]
+CONFIGS += [dict(method="trades", labels="te", trades_beta=beta, ema_momentum=m, te_weight=w, eps=e, step_size=s)
+            for beta, m, w, e, s in ((6.0, 0.9, 30.0, 16 / 255, 4 / 255), (1.0, 0.7, 3.0, 8 / 255, 2 / 255),
+                                     (3.0, 0.99, 300.0, 20 / 255, 5 / 255), (12.0, 0.5, 0.3, 4 / 255, 1 / 255))]
+
+
+def test_many_configurations_in_one_process_compile_once_per_structure():
+    """What `fastsglr reproduce` does: twelve configurations through the compiled fast engine in one process. The
+    numbers reach the graph as device tensors, so each structure compiles once (two graphs: far below Dynamo's
+    recompile limit) and every configuration still computes its own numbers: each
+    matches a reference run of that configuration."""
+    from torch._dynamo.utils import counters
+
+    assert len({tuple(sorted(c.items())) for c in CONFIGS}) == len(CONFIGS) >= 12
+    _, batches = make_data("cpu", 2, seed=5)
+    torch._dynamo.reset()
+    counters.clear()
+    losses = []
+    for overrides in CONFIGS:
+        cfg = dataclasses.replace(CFG, **overrides)
+        ref_losses, _ = train(make_run("cpu", cfg), batches)
+        fast_losses, _ = train(make_run("cpu", cfg, FastOptions(compile=True), engine="fast"), batches)
+        # rtol 1e-4: TRADES + TE (weight up to 300) carries the compiled rounding of step 1 into step 2's loss.
+        torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5, msg=lambda m: f"{overrides}: {m}")
+        losses.append(fast_losses)
+    assert counters["stats"]["unique_graphs"] == 2  # one compile per structure, none per configuration
+    assert len({tuple(loss.tolist()) for loss in losses}) == len(CONFIGS)  # the numbers took effect
+
+
+def test_compiled_whole_runs_eagerly_past_the_recompile_limit():
+    """More structurally different calls than Dynamo's recompile limit: a warning, then eager results, never
+    FailOnRecompileLimitHit."""
+    def scale(x, k):
+        return x * k  # an int argument: each new value is a new graph under dynamic=False
+
+    x, compiled = torch.randn(5), CompiledWhole(scale)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        torch.testing.assert_close(compiled(x, 1), x)
+        torch.testing.assert_close(compiled(x, 2), 2 * x)
+        with pytest.warns(UserWarning, match="recompile limit"):
+            torch.testing.assert_close(compiled(x, 3), 3 * x)
+        torch.testing.assert_close(compiled(x, 4), 4 * x)
+
+
 def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
     """The graph torch.compile builds for the whole iteration (forward, the attack's input gradients, backward, SGD,
     metrics, all as ATen ops after AOTAutograd), scanned op by op for anything that syncs with the host. This checks
