@@ -36,6 +36,7 @@ times are perf_counter seconds of a CPU, which check that the ladder runs and me
 Writes FILE.json (after every rung, so a run cut short keeps what it measured), FILE.md and FILE.png.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -48,8 +49,6 @@ import traceback
 from typing import NamedTuple, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from fastsglr.config import Config, validate
 from fastsglr.data.beton import ffcv_available
@@ -57,6 +56,7 @@ from fastsglr.data.datadir import DataInfo, read_data_dir
 from fastsglr.data.loaders import DeviceLoader, FFCVLoader
 from fastsglr.data.prepare import prepare
 from fastsglr.data.sources import channel_stats, load_raw
+from fastsglr.engine.census import FlopCount
 from fastsglr.engine.fast import WARMUP_STEPS, FastEngine, FastOptions
 from fastsglr.files import write_json
 from fastsglr.engine.reference import ReferenceEngine
@@ -216,21 +216,6 @@ def run_steps(optimizer, engine, pool, count, start=0):
             group["lr"] = 0.1
         engine.step(pool[step % len(pool)], meter, step)
     return meter
-
-
-class FlopCount(TorchDispatchMode):
-    """FlopCounterMode's per-op formulas (matrix products and convolutions, forward and backward), without its
-    module tracker, whose backward hooks refuse the attack's autograd.grad."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in flop_registry:
-            self.total += flop_registry[func.overloadpacket](*args, **(kwargs or {}), out_val=out)
-        return out
 
 
 def iteration_flops(args, name, info, train_labels, pool, device):

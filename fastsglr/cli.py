@@ -194,6 +194,7 @@ def _add_reproduce(sub):
     p.add_argument("--sglr", choices=("paper", "sgls-code", "both"),
                    help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
                         "released code (r 1, T 1, warm-up); default: both")
+    p.add_argument("--precision", choices=C.PRECISIONS, help="fast engine (default: bf16 on CUDA, fp32 on CPU)")
     p.set_defaults(run=_run_reproduce)
 
 
@@ -201,7 +202,8 @@ def _run_reproduce(args):
     from .reproduce import reproduce
 
     reproduce(args.table, args.data, args.out, epochs=args.epochs, eval_subset=args.eval_subset, root=args.root,
-              checks=not args.no_checks, device=args.device, engine=args.engine, model=args.model, sglr=args.sglr)
+              checks=not args.no_checks, device=args.device, engine=args.engine, precision=args.precision,
+              model=args.model, sglr=args.sglr)
     return 0
 
 

@@ -159,14 +159,16 @@ class CompiledWhole:
     limit (more structurally different runs in one process than ``torch._dynamo.config.recompile_limit``; numbers
     never recompile) gets a warning and runs eagerly: the same results, never a traceback."""
 
-    def __init__(self, fn):
-        self.fn, self.fullgraph = fn, True
+    def __init__(self, fn, backend="inductor"):
+        self.fn, self.backend, self.fullgraph = fn, backend, True
         self.compiled = self._compile()
 
     def _compile(self):
         # fallback_random: compiled code draws from ATen's generator, as eager code does (same numbers).
         # dynamic=False: one batch shape per graph (training drops the last partial batch).
-        return torch.compile(self.fn, fullgraph=self.fullgraph, dynamic=False, options={"fallback_random": True})
+        # Another backend (census.py records the graphs) takes no Inductor options.
+        options = {"options": {"fallback_random": True}} if self.backend == "inductor" else {}
+        return torch.compile(self.fn, fullgraph=self.fullgraph, dynamic=False, backend=self.backend, **options)
 
     def __call__(self, *args):
         try:
