@@ -4,10 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := pkg-config libopencv-dev libturbojpeg0-dev
+# The GPU box's torch (2.11, with triton 3.6) and no FFCV, as there: `make test` runs the fast engine's, the graph
+# census' and the kernels' tests under it too. The PyPI wheel is a CUDA build that runs on a CPU-only machine.
+VENV211  := .venv-torch211
+STAMP211 := $(VENV211)/.installed
+TESTDEPS := $(shell grep -E '^(numpy|scikit-learn|tqdm|pytest|pytest-benchmark)==' constraints.txt)
+TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_kernels.py tests/test_kernels_aot.py
 
-.PHONY: setup demo test bench-quick clean
+.PHONY: setup setup-torch211 demo test bench-quick clean
 
 setup: $(STAMP)
+
+setup-torch211: $(STAMP211)
 
 # FFCV compiles against OpenCV and libjpeg-turbo from Debian (pip's opencv is not enough).
 $(STAMP): setup.py constraints.txt
@@ -25,14 +33,22 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[ffcv,extras,test]'
 	touch $(STAMP)
 
+$(STAMP211): setup.py constraints.txt
+	test -x $(VENV211)/bin/python || $(PYTHON) -m venv $(VENV211)
+	$(VENV211)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV211)/bin/pip install -q torch==2.11.0 $(TESTDEPS)
+	$(VENV211)/bin/pip install -q --no-deps -e .
+	touch $(STAMP211)
+
 demo: setup
 	$(BIN)/python -m fastsglr.demo --out runs/demo
 
-test: setup
+test: setup setup-torch211
 	$(BIN)/python -m pytest -q
+	$(VENV211)/bin/python -m pytest -q $(TESTS211)
 
 bench-quick: setup
 	$(BIN)/python bench/kernels.py --quick
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(VENV211) runs build *.egg-info
