@@ -45,7 +45,9 @@ def input_gradient(model, objective, x_adv: Tensor) -> Tensor:
 
 def _as_tensor(value, like: Tensor) -> Tensor:
     """A float or 0-d tensor as a float64 tensor on ``like``'s device (float64 holds a Python float exactly)."""
-    return torch.as_tensor(value, dtype=torch.float64, device=like.device)
+    if isinstance(value, Tensor):
+        return value.to(like.device, torch.float64)
+    return torch.full((), value, dtype=torch.float64, device=like.device)
 
 
 def uniform_start(x: Tensor, eps) -> Tensor:

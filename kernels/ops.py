@@ -186,8 +186,14 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 def sglr_settings(r, temperature, alpha, lam, device) -> Tensor:
     """SGLR's four numbers as the fused op takes them: one float64 tensor [r, temperature, alpha, lam] on ``device``.
     Each may be a float or a 0-d tensor; float64 holds a Python float exactly, so ``1 - lam`` rounds as it does in
-    Python."""
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in (r, temperature, alpha, lam)])
+    Python. A float becomes a ``torch.full`` (a factory op: traceable on fake tensors, where a tensor built from data
+    is not)."""
+    def number(v):
+        if isinstance(v, Tensor):
+            return v.to(device, torch.float64)
+        return torch.full((), v, dtype=torch.float64, device=device)
+
+    return torch.stack([number(v) for v in (r, temperature, alpha, lam)])
 
 
 def sglr_loss(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,

@@ -16,7 +16,7 @@ from ..objectives import objective_loss
 def _autocast(x, dtype):
     """Mixed precision for the forwards (attack included) when ``dtype`` is given; a no-op context otherwise.
 
-    Without autocast's cache of cast weights: each attack step's autograd.grad consumes the graph that the cached
+    Without autocast's cache of cast weights: each attack step's input gradient consumes the graph that the cached
     casts belong to, which torch.compile refuses to trace.
     """
     return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
