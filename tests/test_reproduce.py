@@ -119,8 +119,7 @@ def test_a_changed_setting_is_refused_not_mixed_in(table2, digits_dir):
 
 def test_grids_share_equal_runs(digits_dir, tmp_path):
     info = read_data_dir(digits_dir)
-    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None,
-                                         precision=None)
+    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
 
     def run_dirs(table):
         return [reproduce_module._run_config(base, info, run, str(tmp_path)).out for run in TABLES[table]().runs]
@@ -241,8 +240,7 @@ def test_transfer_table_runs(digits_dir, tmp_path):
     """Table B.3's sources are ResNet-34 / -50 trained with PGD-AT on hard labels, on digits too; its targets are
     Table 3's AT and AT+SGLR runs, each attacked from both sources."""
     info = read_data_dir(digits_dir)
-    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None,
-                                         precision=None)
+    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
 
     def configs(runs):
         return [reproduce_module._run_config(base, info, run, str(tmp_path)) for run in runs]
