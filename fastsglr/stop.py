@@ -1,6 +1,8 @@
 """SIGINT / SIGTERM ask a run to stop after the current step, so that it can write a mid-epoch last.pt and exit.
 
-A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Under torchrun every rank must stop
+A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Outside a run's loop (prepare, eval,
+the set-up of a run) both signals stop at once (``stop_at_once``): every file is written whole or not at all, so
+there is nothing to finish. Under torchrun every rank must stop
 after the same step (DDP's collectives would otherwise wait forever), so the ranks agree on the flag after each
 step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
 """
@@ -13,6 +15,20 @@ import torch.distributed as dist
 from .distributed import World
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedBySignal(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is (like Python's own KeyboardInterrupt, which it extends, so
+    that nothing catching ``Exception`` swallows it), with the signal's number for the exit code."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_at_once(signum, frame):
+    """The handler of both signals outside a run's loop."""
+    raise StoppedBySignal(signum)
 
 
 class GracefulStop:
@@ -33,7 +49,7 @@ class GracefulStop:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise StoppedBySignal(signum)
         self.signum = signum
         self.log(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)")
 
