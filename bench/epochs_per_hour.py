@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -45,6 +44,8 @@ from fastsglr.data.loaders import DeviceLoader, FFCVLoader
 from fastsglr.data.sources import channel_stats, load_raw
 from fastsglr.engine.fast import WARMUP_STEPS, FastEngine, FastOptions, plain_ops
 from fastsglr.engine.reference import ReferenceEngine
+from fastsglr.errors import UsageError
+from fastsglr.files import check_output_file, holds, write_json
 from fastsglr.labels import build_label_strategy
 from fastsglr.metrics import TrainMeter
 from fastsglr.models import build_model
@@ -68,13 +69,13 @@ def ladder():
 
 
 def skip_reason(options, device):
-    """Why a rung cannot run (or would only repeat the one below) here; None if it runs."""
+    """Why a rung cannot run (or would only repeat the one before it) here; None if it runs."""
     if device.type == "cuda" or options is None:
         return None
     if options.cuda_graph:
         return "skipped: needs CUDA"
     if options.fused:
-        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions: the rung below)"
+        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions, as in the +torch.compile rung)"
     return None
 
 
@@ -355,7 +356,7 @@ def bar_chart(result, path):
 # ---- Main -------------------------------------------------------------------------------------------------------
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a tiny ladder for a CPU: small CNN, PGD-2, 256 images")
     parser.add_argument("--models", nargs="+", help="default: preactresnet18 wrn34_10 (--quick: smallcnn)")
     parser.add_argument("--data", help="a prepared data directory to train on instead of synthetic images")
@@ -363,6 +364,11 @@ def main(argv=None, prog=None):
     parser.add_argument("--iters", type=int, help="timed iterations per rung (default 20; --quick: 2)")
     parser.add_argument("--out", help="write FILE.json, FILE.md and FILE.png")
     args = parser.parse_args(argv)
+    if args.out:  # before the first rung: a result that cannot be written wastes the whole ladder
+        check_output_file(os.path.splitext(args.out)[0] + ".json", "benchmark result", ("models",))
+        inside = holds(os.path.dirname(os.path.abspath(args.out)))
+        if inside:
+            raise UsageError(f"--out {args.out} is inside {inside}: choose another --out")
     if args.data and not ffcv_available():
         parser.error("--data names betons, which only ffcv reads: install ffcv, or leave --data out (synthetic data)")
     device = torch.device(args.device)
@@ -383,8 +389,7 @@ def main(argv=None, prog=None):
 
     def save():
         if stem:
-            with open(stem + ".json", "w") as f:
-                json.dump(result, f, indent=1)
+            write_json(stem + ".json", result)
 
     peak = bf16_matmul_peak(device, args.quick)
     result["bf16_peak_tflops"] = peak / 1e12

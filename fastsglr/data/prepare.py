@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .beton import beton_bytes, write_beton
-from ..files import check_free_space, write_json
+from ..files import check_free_space, check_writable_dir, holds, write_json
 from .datadir import sha256
 from .noise import NOISE_DEFINITIONS, corrupt_labels
 from .sources import channel_stats, load_raw
@@ -19,11 +19,11 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
     num_classes = len(raw.classes)
     noisy = corrupt_labels(raw.train.labels, num_classes, label_noise, noise_type, seed,
                            superclass=raw.superclass, dataset=dataset)
+    if holds(out) == "a training run":
+        raise UsageError(f"--out {out} holds a training run: the data directory would be written into it; choose "
+                         f"another --out")
     check_free_space(out, beton_bytes(raw.train.images) + beton_bytes(raw.test.images), "the data directory")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {out} ({exc.strerror}): choose another --out") from None
+    check_writable_dir(out)
 
     for split, labels, part in (("train", noisy, raw.train), ("test", raw.test.labels, raw.test)):
         log(f"writing {split}.beton: {len(part.labels)} images of shape {part.images.shape[1:]}")
