@@ -75,7 +75,7 @@ def skip_reason(options, device):
     if options.cuda_graph:
         return "skipped: needs CUDA"
     if options.fused:
-        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions, as in the +torch.compile rung)"
+        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions: the +torch.compile rung)"
     return None
 
 
