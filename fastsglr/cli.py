@@ -136,7 +136,7 @@ def _run_train(args):
         from .checkpoint import resume_config
 
         # The run directory may have moved since it was written: it is wherever --resume points now.
-        cfg = dataclasses.replace(resume_config(args.resume), out=args.resume)
+        cfg = C.validate(dataclasses.replace(resume_config(args.resume), out=args.resume))  # a hand-edited file too
         for _, field, _, _ in _TRAIN_FLAGS:
             if hasattr(args, field) and not _same_setting(field, getattr(args, field), getattr(cfg, field)):
                 raise UsageError(f"--{field.replace('_', '-')} {getattr(args, field)} conflicts with the run being "
@@ -292,12 +292,12 @@ def _after_stop(args) -> str:
 
 
 def main(argv=None) -> int:
-    from .stop import SIGNALS, stop_at_once
+    from .stop import handle_signals, stop_at_once
 
     args = None
     stdout, sys.stdout = sys.stdout, _OutlivesItsReader(sys.stdout)
     in_main_thread = threading.current_thread() is threading.main_thread()  # Python delivers signals only there
-    handlers = {s: signal.signal(s, stop_at_once) for s in SIGNALS} if in_main_thread else {}
+    handlers = handle_signals(stop_at_once) if in_main_thread else {}
     try:
         parser = build_parser()
         args, rest = parser.parse_known_args(argv)

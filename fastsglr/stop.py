@@ -1,7 +1,8 @@
-"""SIGINT / SIGTERM ask a run to stop after the current step, so that it can write a mid-epoch last.pt and exit.
+"""SIGINT / SIGTERM (and SIGHUP, unless `nohup` ignores it) ask a run to stop after the current step, so that it
+can write a mid-epoch last.pt and exit.
 
 A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Outside a run's loop (prepare, eval,
-the set-up of a run) both signals stop at once (``stop_at_once``): every file is written whole or not at all, so
+the set-up of a run) these signals stop at once (``stop_at_once``): every file is written whole or not at all, so
 there is nothing to finish. Under torchrun every rank must stop
 after the same step (DDP's collectives would otherwise wait forever), so the ranks agree on the flag after each
 step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
@@ -14,7 +15,14 @@ import torch.distributed as dist
 
 from .distributed import World
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
+def handle_signals(handler) -> dict:
+    """Install ``handler`` for SIGNALS; returns the previous handlers, to put back. A SIGHUP that is ignored stays
+    ignored: that is what `nohup` asked for."""
+    return {s: signal.signal(s, handler) for s in SIGNALS
+            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)}
 
 
 class StoppedBySignal(KeyboardInterrupt):
@@ -40,7 +48,7 @@ class GracefulStop:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
-            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+            self.previous = handle_signals(self._handle)
         return self
 
     def __exit__(self, *exc):

@@ -144,7 +144,7 @@ def test_two_quick_ctrl_c_stop_at_once_and_the_run_resumes(digits_dir, tmp_path,
 
 # ------------------------------------------------------------------------------------------------ signals, pipes
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_eval_is_one_line_and_writes_no_report(run, tmp_path, monkeypatch, capsys, signum):
     def attacked(*args, **kwargs):
         signal.raise_signal(signum)
