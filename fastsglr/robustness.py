@@ -35,6 +35,7 @@ larger. A failure is printed as a warning of possible gradient masking and recor
 import dataclasses
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -234,7 +235,9 @@ def _score(model, attack, images, labels, eps, batch_size, seed, desc) -> Outcom
     t0 = time.perf_counter()
     meter = CalibrationMeter(images.device)
     correct = torch.empty(len(labels), dtype=torch.bool, device=images.device)
-    for start in tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    bar = tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False,
+               disable=not sys.stdout.isatty())  # as training's: quiet in logs and pipes
+    for start in bar:
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         x_adv = project(attack(x, y), x, eps)
         with torch.no_grad():
