@@ -107,8 +107,7 @@ class Config:
             if expected is float:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok:
-                raise UsageError(f"config key '{f.name}' holds {value!r}, not a {expected.__name__}: the file is "
-                                 f"damaged")
+                raise UsageError(f"config key '{f.name}' holds {value!r}, which is not of type {expected.__name__}")
         return cls(**d)
 
 
