@@ -20,7 +20,7 @@ def plot_per_epoch(ax, epochs, values, *args, **kwargs):
     values = [float("nan") if v is None else v for v in values]
     marker = "o" if len(epochs) <= MARKED_EPOCHS else None
     ax.plot(epochs, values, *args, marker=marker, markersize=3, **kwargs)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.95 .. 1.05
 
 
 def plot_curves(runs: dict, path, panels=PANELS):
