@@ -88,6 +88,11 @@ def _warn_if_slow(log, seconds, steps_done, steps_left):
             f"on a CPU use --preset demo (small CNN, 30 epochs, for the digits data)")
 
 
+def _summary(cfg, tracker) -> dict:
+    # How the numbers were made: bf16 moves PGD's sign steps, so a summary says what it was trained with.
+    return {**tracker.summary(), "engine": cfg.engine, "precision": cfg.precision, "device": cfg.device}
+
+
 def _gather(world, value):
     """``value`` from every rank, in rank order (rank 0 writes them all into a mid-epoch checkpoint)."""
     if not world.launched:
@@ -152,7 +157,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
                         "restore the data the run trained on, or start a new run with --out")
         if saved["epoch"] >= cfg.epochs and all(os.path.isfile(os.path.join(cfg.out, f)) for f in FINAL_FILES):
             log(f"{cfg.out} finished its {n_epochs(cfg.epochs)} already: nothing to do (its files are unchanged)")
-            return BestFinalTracker(saved["history"]).summary()
+            return _summary(cfg, BestFinalTracker(saved["history"]))
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         strategy.load_state_dict(saved["strategy"])
@@ -239,8 +244,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
                 raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
                                   f"fastsglr train --resume {cfg.out}", signum)
 
-    # How the numbers were made: bf16 moves PGD's sign steps, so a summary says what it was trained with.
-    summary = {**tracker.summary(), "engine": cfg.engine, "precision": cfg.precision, "device": cfg.device}
+    summary = _summary(cfg, tracker)
     if world.is_main:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
         write_json(os.path.join(cfg.out, "summary.json"), summary, fix=resume_fix(cfg.out))
