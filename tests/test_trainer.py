@@ -164,6 +164,7 @@ def test_existing_run_is_not_overwritten(digits_dir, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "config.json").write_text("{}")
+    (out / "last.pt").write_bytes(b"a checkpoint")  # config.json alone (a run stopped before any) is reused
     assert _train(digits_dir, out, "--epochs", "1") == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "config.json").read_text() == "{}"
