@@ -58,8 +58,9 @@ from fastsglr.data.prepare import prepare
 from fastsglr.data.sources import channel_stats, load_raw
 from fastsglr.engine.census import FlopCount
 from fastsglr.engine.fast import WARMUP_STEPS, FastEngine, FastOptions
-from fastsglr.files import write_json
 from fastsglr.engine.reference import ReferenceEngine
+from fastsglr.errors import UsageError
+from fastsglr.files import check_output_file, holds, write_json
 from fastsglr.labels import build_label_strategy
 from fastsglr.metrics import TrainMeter
 from fastsglr.models import build_model
@@ -110,13 +111,13 @@ def fp32_mode(strict):
 
 
 def skip_reason(options, device):
-    """Why a rung cannot run (or would only repeat the one below) here; None if it runs."""
+    """Why a rung cannot run (or would only repeat the one before it) here; None if it runs."""
     if device.type == "cuda" or options is None:
         return None
     if options.cuda_graph:
         return "skipped: needs CUDA"
     if options.fused:
-        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions: the rung below)"
+        return "skipped: needs CUDA (on a CPU the fused ops run their PyTorch definitions: the +torch.compile rung)"
     return None
 
 
@@ -484,7 +485,7 @@ PARTS = ("headline", "end-to-end", "ladder")
 
 
 def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a tiny ladder for a CPU: small CNN, PGD-2, 256 images")
     parser.add_argument("--models", nargs="+", help="default: preactresnet18 wrn34_10 (--quick: smallcnn)")
     parser.add_argument("--data", help="a prepared data directory to train on instead of synthetic images")
@@ -495,6 +496,11 @@ def main(argv=None, prog=None):
                                                       "and add it to --out's FILE.json when that exists")
     parser.add_argument("--out", help="write FILE.json, FILE.md and FILE.png")
     args = parser.parse_args(argv)
+    if args.out:  # before the first rung: a result that cannot be written wastes the whole ladder
+        check_output_file(os.path.splitext(args.out)[0] + ".json", "benchmark result", ("models",))
+        inside = holds(os.path.dirname(os.path.abspath(args.out)))
+        if inside:
+            raise UsageError(f"--out {args.out} is inside {inside}: choose another --out")
     device = torch.device(args.device)
     args.models = args.models or (["smallcnn"] if args.quick else ["preactresnet18", "wrn34_10"])
     args.iters = args.iters or (2 if args.quick else 20)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 
 import torch
 
@@ -16,7 +17,8 @@ from .errors import UsageError
 from .files import atomic_file, resume_fix
 
 # 3: "dataset", "step" (a mid-epoch last.pt after SIGINT/SIGTERM), "world_size", "torchrun" and per-rank "ranks"
-FORMAT_VERSION = 3
+# 4: "data_checksums" (the data directory's files the run trained on); only tensors and plain data inside
+FORMAT_VERSION = 4
 MAGIC = b"FASTSGLR-CHECKPOINT"
 
 
@@ -51,7 +53,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                          f"{FORMAT_VERSION}: use the fastsglr version that wrote it")
     if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
         raise UsageError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    # The header's checksum only proves the file is intact: anyone can compute it. weights_only unpickles tensors
+    # and plain containers and numbers, and refuses any other object, whose unpickling could run code.
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(f"checkpoint {path} holds objects other than tensors and plain data, which could run code "
+                         f"when loaded: refused (use a checkpoint written by fastsglr)") from None
 
 
 def load_resume_state(run_dir, world=None, map_location="cpu", log=print) -> dict:
@@ -90,8 +98,13 @@ def resume_config(run_dir) -> Config:
         raise UsageError(f"{run_dir} has no last.pt to resume from: start a new run with --out {run_dir}")
     if not os.path.isfile(path):
         return Config.from_dict(load_resume_state(run_dir, log=lambda *_: None)["config"])
-    with open(path) as f:
-        return Config.from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            return Config.from_dict(json.load(f))
+    except (ValueError, TypeError, UsageError) as exc:  # TypeError: valid JSON, but not an object
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise UsageError(f"{path} is damaged ({detail}): restore it, or delete it and resume from the copy of the "
+                         f"config inside last.pt") from None
 
 
 def load_model(path, device="cpu"):
@@ -106,6 +119,15 @@ def model_from_state(state, device="cpu"):
     model = build_model(**state["model_spec"]).to(device)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def check_same_data(state, checksums, path, data, fix):
+    """Refuse data whose files changed since the checkpoint's run trained on them (re-prepared with other label
+    noise, say): same name, same shapes, other labels or images. ``checksums``: the data directory's files now."""
+    for name, expected in state["data_checksums"].items():
+        if checksums.get(name, expected) != expected:
+            raise UsageError(f"{os.path.join(data, name)} changed since {path} was written (its checksum differs: "
+                             f"the data directory was re-prepared or replaced): {fix}")
 
 
 def _images(classes, channels, size) -> str:

@@ -4,7 +4,10 @@ Flags map onto ``Config`` (train) or onto the keyword arguments of ``robustness.
 ``reproduce.reproduce`` (reproduce); nothing else lives here."""
 import argparse
 import dataclasses
+import os
+import signal
 import sys
+import threading
 
 from . import config as C
 from .errors import Interrupted, TrainingError, UsageError
@@ -34,6 +37,10 @@ def _add_prepare(sub):
 def _run_prepare(args):
     from .data.prepare import prepare
 
+    C.check_range("label_noise", args.label_noise, 0, 1, hi_open=True)
+    C.check_range("seed", args.seed, 0, C.SEED_MAX)
+    C.check_range("synthetic_train", args.synthetic_train, 1, 10**8)
+    C.check_range("synthetic_test", args.synthetic_test, 1, 10**8)
     meta = prepare(args.dataset, args.out, root=args.root, label_noise=args.label_noise, noise_type=args.noise_type,
                    seed=args.seed, synthetic_train=args.synthetic_train, synthetic_test=args.synthetic_test)
     print(f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "
@@ -115,7 +122,15 @@ def config_from_args(args) -> C.Config:
         raise UsageError("--data is required: pass a directory written by `fastsglr prepare`")
     if not cfg.out:
         raise UsageError("--out is required: name a directory for the run's checkpoints and metrics")
-    return C.validate(cfg)
+    # Absolute, so that the run resumes (and its checkpoints evaluate) from any working directory.
+    return C.validate(dataclasses.replace(cfg, data=os.path.abspath(cfg.data)))
+
+
+def _same_setting(field, given, saved) -> bool:
+    """Paths name the same folder however they are written (relative, absolute, with a trailing slash)."""
+    if field in ("data", "out"):
+        return os.path.realpath(given) == os.path.realpath(saved)
+    return given == saved
 
 
 def _run_train(args):
@@ -127,9 +142,10 @@ def _run_train(args):
         # The run directory may have moved since it was written: it is wherever --resume points now.
         cfg = dataclasses.replace(resume_config(args.resume), out=args.resume)
         if hasattr(args, "loader"):  # both loaders yield the same batches: the run goes on identically
-            cfg = C.validate(dataclasses.replace(cfg, loader=args.loader))
+            cfg = dataclasses.replace(cfg, loader=args.loader)
+        cfg = C.validate(cfg)  # a hand-edited file too
         for _, field, _, _ in _TRAIN_FLAGS:
-            if hasattr(args, field) and getattr(args, field) != getattr(cfg, field):
+            if hasattr(args, field) and not _same_setting(field, getattr(args, field), getattr(cfg, field)):
                 raise UsageError(f"--{field.replace('_', '-')} {getattr(args, field)} conflicts with the run being "
                                  f"resumed ({getattr(cfg, field)}): drop the flag, or start a new run with --out")
     else:
@@ -246,7 +262,51 @@ def build_parser():
     return parser
 
 
+class _OutlivesItsReader:
+    """stdout that survives its reader going away (``fastsglr train ... | head -2``): a run must not die of a
+    BrokenPipeError in a progress line. From the first one on, the descriptor points at /dev/null, so later output
+    (and the interpreter's last flush) is dropped quietly."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _after_stop(args) -> str:
+    """What to do after a signal stopped a sub-command at once."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    if getattr(args, "command", None) == "train" and run and os.path.isfile(os.path.join(run, "last.pt")):
+        return f"last.pt holds the last finished epoch: fastsglr train --resume {run}"
+    return "no file was left half-written: run the command again"
+
+
 def main(argv=None) -> int:
+    from .stop import handle_signals, stop_at_once
+
+    args = None
+    stdout, sys.stdout = sys.stdout, _OutlivesItsReader(sys.stdout)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # Python delivers signals only there
+    handlers = handle_signals(stop_at_once) if in_main_thread else {}
     try:
         parser = build_parser()
         args, rest = parser.parse_known_args(argv)
@@ -260,6 +320,14 @@ def main(argv=None) -> int:
     except Interrupted as exc:
         print(f"fastsglr: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:  # StoppedBySignal, or Python's own SIGINT before the handlers were set
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"fastsglr: stopped by {signal.Signals(signum).name}; {_after_stop(args)}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ defaults (which are the paper's settings), and explicit flags override the prese
 """
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 
 from .errors import UsageError
@@ -19,6 +20,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LOADERS = ("ffcv", "device")
 INPUT_NORMS = ("data", "none")
 DEVICES = ("cpu", "cuda")
+# Seeds reach torch, numpy and FFCV (which derive per-epoch seeds from them); 31 bits fit every one of them.
+SEED_MAX = 2**31 - 1
+MAX_STEPS = 10_000  # attack steps, training and evaluation alike: more is a typo, not a stronger attack
 
 
 @dataclass
@@ -96,8 +100,16 @@ class Config:
         if unknown:
             raise UsageError(f"unknown config keys {unknown}: the file was written by another fastsglr version")
         d = dict(d)
-        if "milestones" in d:
+        if isinstance(d.get("milestones"), list):
             d["milestones"] = tuple(d["milestones"])
+        for f in fields(cls):  # a hand-edited or damaged file: a wrong type would fail far from here
+            expected = type(f.default)
+            value = d.get(f.name, f.default)
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise UsageError(f"config key '{f.name}' holds {value!r}, which is not of type {expected.__name__}")
         return cls(**d)
 
 
@@ -125,10 +137,11 @@ def _check_choice(name, value, choices):
         raise UsageError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
 
 
-def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
+def check_range(name, value, lo, hi, lo_open=False, hi_open=False):
+    """A number of flag ``name`` in [lo, hi] (or open at either end); NaN and infinities are never in range."""
     below = value <= lo if lo_open else value < lo
     above = value >= hi if hi_open else value > hi
-    if below or above:
+    if below or above or not math.isfinite(value):
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
         raise UsageError(f"--{name.replace('_', '-')} {value} is out of range: it must lie in {lb}{lo}, {hi}{rb}")
 
@@ -170,30 +183,37 @@ def validate(cfg: Config) -> Config:
     _check_choice("device", cfg.device, DEVICES)
     if cfg.sync_bn and cfg.device != "cuda":
         raise UsageError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel): drop --sync-bn")
-    _check_range("eps", cfg.eps, 0, 1)
-    _check_range("step_size", cfg.step_size, 0, 1)
-    _check_range("attack_steps", cfg.attack_steps, 0, 10_000)
-    _check_range("trades_beta", cfg.trades_beta, 0, 1e4)
-    _check_range("r", cfg.r, 0, 1)
-    _check_range("temperature", cfg.temperature, 0, 1e3, lo_open=True)
-    _check_range("ema_momentum", cfg.ema_momentum, 0, 1, hi_open=True)
-    _check_range("lam", cfg.lam, 0, 1)
-    _check_range("sglr_warmup", cfg.sglr_warmup, 0, 1_000_000)
-    _check_range("te_weight", cfg.te_weight, 0, 1e6)
-    _check_range("te_rampup", cfg.te_rampup, 0, 1_000_000)
-    _check_range("epochs", cfg.epochs, 1, 1_000_000)
-    _check_range("batch_size", cfg.batch_size, 1, 1_000_000)
-    _check_range("lr", cfg.lr, 0, 100, lo_open=True)
-    _check_range("momentum", cfg.momentum, 0, 1, hi_open=True)
-    _check_range("weight_decay", cfg.weight_decay, 0, 1)
-    _check_range("eval_every", cfg.eval_every, 1, 1_000_000)
-    _check_range("eval_subset", cfg.eval_subset, 0, 10**9)
-    _check_range("eval_steps", cfg.eval_steps, 0, 10_000)
-    _check_range("eval_step_size", cfg.eval_step_size, 0, 1)
-    _check_range("hessian_probes", cfg.hessian_probes, 0, 10_000)
+    check_range("eps", cfg.eps, 0, 1)
+    check_range("step_size", cfg.step_size, 0, 1)
+    check_range("attack_steps", cfg.attack_steps, 0, MAX_STEPS)
+    check_range("trades_beta", cfg.trades_beta, 0, 1e4)
+    check_range("r", cfg.r, 0, 1)
+    check_range("temperature", cfg.temperature, 0, 1e3, lo_open=True)
+    check_range("ema_momentum", cfg.ema_momentum, 0, 1, hi_open=True)
+    check_range("lam", cfg.lam, 0, 1)
+    check_range("sglr_warmup", cfg.sglr_warmup, 0, 1_000_000)
+    check_range("te_weight", cfg.te_weight, 0, 1e6)
+    check_range("te_rampup", cfg.te_rampup, 0, 1_000_000)
+    check_range("epochs", cfg.epochs, 1, 1_000_000)
+    check_range("batch_size", cfg.batch_size, 1, 1_000_000)
+    check_range("lr", cfg.lr, 0, 100, lo_open=True)
+    check_range("momentum", cfg.momentum, 0, 1, hi_open=True)
+    check_range("weight_decay", cfg.weight_decay, 0, 1)
+    check_range("eval_every", cfg.eval_every, 1, 1_000_000)
+    check_range("eval_subset", cfg.eval_subset, 0, 10**9)
+    check_range("eval_steps", cfg.eval_steps, 0, MAX_STEPS)
+    check_range("eval_step_size", cfg.eval_step_size, 0, 1)
+    check_range("hessian_probes", cfg.hessian_probes, 0, 10_000)
+    check_range("seed", cfg.seed, 0, SEED_MAX)
+    check_range("lr_decay", cfg.lr_decay, 0, 1, lo_open=True)
     for m in cfg.milestones:
-        _check_range("milestones", m, 0, 1)
+        check_range("milestones", m, 0, 1)
     return cfg
+
+
+def n_epochs(n: int) -> str:
+    """'1 epoch', '30 epochs'."""
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def parse_fraction(text: str) -> float:
@@ -201,7 +221,11 @@ def parse_fraction(text: str) -> float:
     try:
         if "/" in text:
             num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
     except (ValueError, ZeroDivisionError):
-        raise UsageError(f"'{text}' is not a number: write it as 0.03 or as a fraction such as 8/255") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"'{text}' is not a number: write it as 0.03 or as a fraction such as 8/255")
+    return value

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 
-from .config import Config, apply_preset, validate
+from .config import Config, apply_preset, n_epochs, validate
 from .data.datadir import read_data_dir
 from .data.prepare import prepare
 from .errors import UsageError
@@ -33,7 +33,7 @@ def main(argv=None):
     summaries, histories = {}, {}
     for name, labels in (("PGD-AT", "hard"), ("PGD-AT+SGLR", "sglr")):
         cfg = validate(dataclasses.replace(base, labels=labels, out=os.path.join(args.out, labels)))
-        print(f"\n== {name}: {cfg.model} on digits, eps {cfg.eps:.4f}, {cfg.epochs} epochs ==")
+        print(f"\n== {name}: {cfg.model} on digits, eps {cfg.eps:.4f}, {n_epochs(cfg.epochs)} ==")
         summaries[name] = train(cfg, overwrite=True)
         histories[name] = _read_history(cfg.out)
     print("\n" + summary_table(summaries))

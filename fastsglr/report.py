@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on training boxes or CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PANELS = (
     ("robust accuracy (%)", (("train_adv_acc", "train", "--"), ("test_pgd_acc", "test PGD", "-"))),
@@ -10,6 +11,16 @@ PANELS = (
     ("gradient norm ||grad_w L||", (("grad_norm", "", "-"),)),
     ("learning rate", (("lr", "", "-"),)),
 )
+MARKED_EPOCHS = 40  # a run this short gets a marker per epoch: a line alone draws nothing for a one-epoch run
+
+
+def plot_per_epoch(ax, epochs, values, *args, **kwargs):
+    """One per-epoch curve: markers on short runs, whole epochs on the x axis (missing values, null in the JSON
+    files, left out)."""
+    values = [float("nan") if v is None else v for v in values]
+    marker = "o" if len(epochs) <= MARKED_EPOCHS else None
+    ax.plot(epochs, values, *args, marker=marker, markersize=3, **kwargs)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.95 .. 1.05
 
 
 def plot_curves(runs: dict, path, panels=PANELS):
@@ -20,8 +31,8 @@ def plot_curves(runs: dict, path, panels=PANELS):
         for i, (name, history) in enumerate(runs.items()):
             for key, label, style in series:
                 rows = [row for row in history if row[key] is not None]  # test columns: evaluated epochs only
-                ax.plot([row["epoch"] for row in rows], [row[key] for row in rows], style, color=f"C{i}",
-                        label=" ".join(filter(None, (name, label))))
+                plot_per_epoch(ax, [row["epoch"] for row in rows], [row[key] for row in rows], style, color=f"C{i}",
+                               label=" ".join(filter(None, (name, label))))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -34,6 +34,7 @@ OUT holds ``runs/<data set>/<run>/`` (trainer run directories, plus cached evalu
 runs (summary.json) are skipped, interrupted ones (last.pt) resume, and an evaluation is reused while the
 checkpoint's hash and the attack settings are unchanged. Tables given the same OUT share identical runs.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,13 +43,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import paper_numbers as paper
-from .config import PRESETS, Config, apply_preset, validate
+from .checkpoint import resume_config
+from .config import PRESETS, Config, apply_preset, n_epochs, validate
 from .data.datadir import read_data_dir, sha256
 from .data.noise import NOISE_DEFINITIONS
 from .data.prepare import prepare
 from .errors import UsageError
-from .files import write_json
-from .report import PANELS, plot_curves
+from .files import atomic_file, check_output_dir, write_json
+from .report import PANELS, plot_curves, plot_per_epoch
 from .robustness import REPORT_FORMAT, STANDARD, evaluate_checkpoint, resolve_device, sgls_pgd
 from .trainer import train
 
@@ -446,8 +448,7 @@ def _run_config(base: Config, info, run: Run, out, network=None) -> Config:
 
 
 def _check_same_run(cfg: Config):
-    with open(os.path.join(cfg.out, "config.json")) as f:
-        saved = Config.from_dict(json.load(f)).to_dict()  # a field added since takes its default, as on resume
+    saved = resume_config(cfg.out).to_dict()
     ours = cfg.to_dict()
     differ = sorted(k for k in ours if k not in _NOT_THE_RUN and saved.get(k) != ours[k])
     if differ:
@@ -480,7 +481,8 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None
     cache = os.path.join(cfg.out, f"eval_{key}.json")
     if os.path.isfile(cache):
         with open(cache) as f:
-            return json.load(f)
+            with contextlib.suppress(ValueError):  # a damaged cache is evaluated again
+                return json.load(f)
     report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks, source=source,
                                  device=cfg.device, settings=settings, log=log)
     write_json(cache, report)
@@ -488,8 +490,12 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None
 
 
 def _history(run_dir) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    path = os.path.join(run_dir, "metrics.jsonl")
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+    except ValueError as exc:
+        raise UsageError(f"{path} is damaged ({exc}): delete {run_dir} to train the run again") from None
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -547,7 +553,7 @@ def _network_note(dataset, info, cfg, table: Table) -> str:
     inputs = "raw [0, 1] inputs" if cfg.input_norm == "none" else "inputs normalised by the data's mean / std"
     if info.dataset != dataset:
         return (f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}, eps "
-                f"{cfg.eps * 255:.4g}/255, {cfg.epochs} epochs (the paper: {table.network_name}, 8/255, "
+                f"{cfg.eps * 255:.4g}/255, {n_epochs(cfg.epochs)} (the paper: {table.network_name}, 8/255, "
                 f"{PAPER_EPOCHS} epochs).")
     expected = {**PAPER_NETWORK, **dict(table.network)}
     if (cfg.model, cfg.input_norm) != (expected["model"], expected["input_norm"]):
@@ -607,7 +613,7 @@ def plot_noise_memorization(results, path, wrong_rates=None):
         for i, (run, m) in enumerate((r, m) for r, m in results if r.noise == rate):
             epochs = [row["epoch"] for row in m.history]
             for ax, key in zip(axes[:, col], ("train_adv_acc_untouched", "train_adv_memorized_corrupted")):
-                ax.plot(epochs, [row[key] for row in m.history], color=f"C{i}", label=run.row)
+                plot_per_epoch(ax, epochs, [row[key] for row in m.history], color=f"C{i}", label=run.row)
         realised = f" ({wrong_rates[rate]:.1%} wrong)" if rate in wrong_rates else ""
         axes[0, col].set_title(f"{rate:.0%} noise{realised}: untouched portion", fontsize=9)
         axes[1, col].set_title(f"{rate:.0%} noise{realised}: corrupted portion", fontsize=9)
@@ -661,14 +667,14 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
     base_cfgs = {ds: validate(_base_config(info, epochs=epochs, eval_subset=eval_subset, device=device,
                                            engine=engine, precision=precision, model=model))
                  for ds, info in infos.items()}  # validated before anything is written: a bad --model stops here
-    os.makedirs(out, exist_ok=True)
+    check_output_dir(out, "tables")
     wrong_rates = {}
 
     def trained(run) -> Config:
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
         if run.noise:
             wrong_rates[run.noise] = info.noise["realised_rate"]
-        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=info.root), info, run, out,
+        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=os.path.abspath(info.root)), info, run, out,
                           _network(spec, infos[run.dataset], model))
         _train_or_resume(cfg, log)
         return cfg
@@ -688,7 +694,7 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
     notes = _notes(spec, infos, base_cfgs, epochs=epochs, eval_subset=eval_subset, settings=settings, checks=checks,
                    results=results, wrong_rates=wrong_rates, model=model)
     markdown = render(spec.title, blocks, infos, notes)
-    with open(os.path.join(out, f"{table}.md"), "w") as f:
+    with atomic_file(os.path.join(out, f"{table}.md"), "w") as f:
         f.write(markdown)
     report = {
         "table": table, "title": spec.title, "notes": notes,

@@ -35,6 +35,7 @@ larger. A failure is printed as a warning of possible gradient masking and recor
 import dataclasses
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -43,11 +44,12 @@ import torch
 from tqdm import tqdm
 
 from .attacks import pgd, project
-from .checkpoint import check_checkpoint_fits_data, load_checkpoint, model_from_state
+from .checkpoint import check_checkpoint_fits_data, check_same_data, load_checkpoint, model_from_state
+from .config import MAX_STEPS, SEED_MAX, check_range
 from .data.datadir import read_data_dir, sha256
 from .data.loaders import DeviceLoader
 from .errors import UsageError
-from .files import check_free_space, write_json
+from .files import check_free_space, check_output_file, write_json
 from .metrics import CalibrationMeter
 
 ATTACKS = ("clean", "pgd20", "pgd20-sgls", "cw", "autoattack", "square", "transfer")
@@ -64,6 +66,7 @@ REPORT_FORMAT = 2
 REPORT_BYTES = 64 << 10
 # pgd_attack.py's radius and step, both given for the paper's eps 8/255.
 SGLS_PGD_EPS, SGLS_PGD_STEP, SGLS_PGD_AT_EPS = 0.031, 0.003, 8 / 255  # a report with both of a run's checkpoints takes a few tens of kB
+REPORT_KEYS = ("attacks", "run_dir")  # a report of one checkpoint holds the first, of a run directory the second
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ def parse_attacks(attacks, has_source) -> tuple:
                              f"pgd10) or transfer-pgdK / transfer-cw")
     if not names:
         raise UsageError("--attacks is empty: name at least one attack, e.g. clean,pgd20")
+    for name in names:
+        steps = re.search(r"pgd(\d+)$", name)
+        if steps and int(steps.group(1)) > MAX_STEPS:  # training caps its attack steps alike
+            raise UsageError(f"attack '{name}' takes {steps.group(1)} steps: choose at most pgd{MAX_STEPS}")
     if any(_TRANSFER.match(name) for name in names) and not has_source:
         raise UsageError("the transfer attack needs --source: the checkpoint its adversarial examples are crafted on")
     return names
@@ -228,7 +235,9 @@ def _score(model, attack, images, labels, eps, batch_size, seed, desc) -> Outcom
     t0 = time.perf_counter()
     meter = CalibrationMeter(images.device)
     correct = torch.empty(len(labels), dtype=torch.bool, device=images.device)
-    for start in tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    bar = tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False,
+               disable=not sys.stdout.isatty())  # as training's: quiet in logs and pipes
+    for start in bar:
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         x_adv = project(attack(x, y), x, eps)
         with torch.no_grad():
@@ -390,10 +399,12 @@ def evaluate_checkpoint(path, *, data=None, attacks=DEFAULT_ATTACKS, n=None, eps
         raise UsageError(f"--eps {eps} is out of range: it must lie in (0, 1]")
     if n is not None and n < 1:
         raise UsageError(f"--n {n} is out of range: evaluate at least one image")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size} is out of range: it must be at least 1")
+    check_range("batch_size", batch_size, 1, 1_000_000)
+    check_range("seed", seed, 0, SEED_MAX)
     images, labels, info = load_test_images(data, n, device)
     check_checkpoint_fits_data(saved, info, path)
+    if data == saved["config"]["data"]:  # the data the checkpoint was trained on, unless --data named other data
+        check_same_data(saved, info.checksums, path, data, "pass --data with the data it was trained on")
     source_state = None
     if source:  # transfer examples are crafted on these very images, so the source model must take them too
         source_state = load_checkpoint(source, map_location="cpu")
@@ -432,8 +443,9 @@ def best_final_table(best: dict, final: dict) -> str:
 def run_eval(checkpoint, *, out=None, log=print, **options) -> dict:
     """`fastsglr eval`: a checkpoint, or a run directory (its best.pt and final.pt, with a best / final / diff
     table). ``options`` are those of ``evaluate_checkpoint``. Writes the report to ``out`` when given."""
-    if out:  # a report is small, but a device with no room for it would throw the whole evaluation away
+    if out:  # a report is small, but one that cannot be written would throw the whole evaluation away
         check_free_space(os.path.dirname(os.path.abspath(out)), REPORT_BYTES, "the report")
+        check_output_file(out, "report", REPORT_KEYS)
     if os.path.isdir(checkpoint):
         reports = {which: evaluate_checkpoint(os.path.join(checkpoint, f"{which}.pt"), log=log, **options)
                    for which in ("best", "final")}
@@ -443,7 +455,6 @@ def run_eval(checkpoint, *, out=None, log=print, **options) -> dict:
     else:
         report = evaluate_checkpoint(checkpoint, log=log, **options)
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         write_json(out, report)
         log(f"wrote {out}")
     return report

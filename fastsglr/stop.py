@@ -1,6 +1,9 @@
-"""SIGINT / SIGTERM ask a run to stop after the current step, so that it can write a mid-epoch last.pt and exit.
+"""SIGINT / SIGTERM (and SIGHUP, unless `nohup` ignores it) ask a run to stop after the current step, so that it
+can write a mid-epoch last.pt and exit.
 
-A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Under torchrun every rank must stop
+A second SIGINT (Ctrl-C twice) stops at once, with the last epoch's last.pt. Outside a run's loop (prepare, eval,
+the set-up of a run) these signals stop at once (``stop_at_once``): every file is written whole or not at all, so
+there is nothing to finish. Under torchrun every rank must stop
 after the same step (DDP's collectives would otherwise wait forever), so the ranks agree on the flag after each
 step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
 """
@@ -12,7 +15,28 @@ import torch.distributed as dist
 
 from .distributed import World
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
+def handle_signals(handler) -> dict:
+    """Install ``handler`` for SIGNALS; returns the previous handlers, to put back. A SIGHUP that is ignored stays
+    ignored: that is what `nohup` asked for."""
+    return {s: signal.signal(s, handler) for s in SIGNALS
+            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)}
+
+
+class StoppedBySignal(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is (like Python's own KeyboardInterrupt, which it extends, so
+    that nothing catching ``Exception`` swallows it), with the signal's number for the exit code."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_at_once(signum, frame):
+    """The handler of both signals outside a run's loop."""
+    raise StoppedBySignal(signum)
 
 
 class GracefulStop:
@@ -24,7 +48,7 @@ class GracefulStop:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
-            self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+            self.previous = handle_signals(self._handle)
         return self
 
     def __exit__(self, *exc):
@@ -33,7 +57,7 @@ class GracefulStop:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise StoppedBySignal(signum)
         self.signum = signum
         self.log(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)")
 

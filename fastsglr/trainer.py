@@ -9,40 +9,48 @@ reseeded at the start of every epoch, the loaders derive order and augmentation 
 epoch's end needs no RNG state. SIGINT / SIGTERM stop the run after the current step and write a mid-epoch last.pt
 that also holds each rank's position: its RNG states, its metric sums and the rows of the label tables it touched.
 """
+import contextlib
 import functools
 import json
 import os
+import sys
 import time
 
 import torch
 from tqdm import tqdm
 
 from .background_writer import BackgroundWriter, host_copy
-from .checkpoint import estimate_run_bytes, load_resume_state, save_checkpoint
-from .config import Config
+from .checkpoint import check_same_data, estimate_run_bytes, load_resume_state, save_checkpoint
+from .config import Config, n_epochs
 from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels, train_steps
 from .distributed import (barrier, broadcast_buffers_, check_ranks_agree, close_world, device_of, epoch_seed,
                           init_world, per_rank_batch, sync_sample_tables)
 from .engine import build_engine
 from .errors import Interrupted, TrainingError, UsageError
-from .files import check_free_space, resume_fix, write_json
+from .files import check_free_space, check_writable_dir, resume_fix, write_json
 from .labels import build_label_strategy
 from .metrics import TEST_COLUMNS, BestFinalTracker, TrainMeter
 from .models import build_model
 from .optim import build_optimizer, lr_at
+from .runlock import run_lock
 from .sharpness import HessianTraceProbe
 from .stop import GracefulStop
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
              "curves.png")
+FINAL_FILES = ("final.pt", "summary.json", "curves.png")
+SLOW_CPU_RUN_SECONDS = 3600  # a CPU run paced to take longer than this gets a warning pointing at --preset demo
 
 
-def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world):
-    """Every rank checks (so every rank fails alike on bad input); rank 0 writes; the others wait for it."""
+def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world, held: contextlib.ExitStack):
+    """Every rank checks (so every rank fails alike on bad input); rank 0 takes the run directory's lock (held
+    until ``held`` closes) and writes; the others wait for it. A resumed run takes the lock after its checks."""
     if resume:
         return
     taken = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out, f))]
+    if taken == ["config.json"]:  # a run stopped before its first checkpoint: nothing to lose, nothing to resume
+        taken = []
     if taken and not overwrite:
         raise UsageError(f"{cfg.out} already holds a run ({taken[0]}): pass --overwrite to replace it, "
                          f"or --resume {cfg.out} to continue it")
@@ -50,24 +58,44 @@ def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world):
     check_free_space(cfg.out, estimate_run_bytes(cfg.model), "a run")
     barrier(world)  # every rank has looked before rank 0 writes
     if world.is_main:
-        try:
-            os.makedirs(cfg.out, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create {cfg.out} ({exc.strerror}): choose another --out") from None
+        check_writable_dir(cfg.out)
+        held.enter_context(run_lock(cfg.out))  # before anything is removed: a run still writing there keeps it
         for f in taken:
             os.remove(os.path.join(cfg.out, f))
         write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
     barrier(world)
 
 
-def _format_row(row):
+def _format_row(row, seconds_left):
     def test(key):
         return "    -" if row[key] is None else f"{row[key]:5.1f}"
 
+    eta = f" | eta {_duration(seconds_left)}" if seconds_left else ""
     return (f"epoch {row['epoch']:4d} | lr {row['lr']:.4f} | loss {row['train_loss']:.4f} | "
             f"train adv {row['train_adv_acc']:5.1f} clean {row['train_clean_acc']:5.1f} | "
             f"test clean {test('test_clean_acc')} pgd{row['eval_steps']} {test('test_pgd_acc')} | "
-            f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s")
+            f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s{eta}")
+
+
+def _duration(seconds) -> str:
+    """'45s', '12m05s', '3h20m'."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _warn_if_slow(log, seconds, steps_done, steps_left):
+    """A CPU run set up to take hours (the paper's 200 epochs of PreAct ResNet-18, say) is almost always a newcomer
+    who wanted the CPU demo: say so once, early, with the pace measured so far."""
+    left = seconds / steps_done * steps_left
+    if left > SLOW_CPU_RUN_SECONDS:
+        log(f"warning: at this pace the run needs about {_duration(left)} more on this CPU; for a run of minutes "
+            f"on a CPU use --preset demo (small CNN, 30 epochs, for the digits data)")
+
+
+def _summary(cfg, tracker) -> dict:
+    # How the numbers were made: bf16 moves PGD's sign steps, so a summary says what it was trained with.
+    return {**tracker.summary(), "engine": cfg.engine, "precision": cfg.precision, "device": cfg.device}
 
 
 def _evaluates(cfg: Config, epoch: int) -> bool:
@@ -99,18 +127,20 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
         raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
     world = init_world(cfg.device)
     try:
-        return _train(cfg, world, resume, overwrite, log if world.is_main else (lambda *_: None))
+        with contextlib.ExitStack() as held:
+            return _train(cfg, world, resume, overwrite, log if world.is_main else (lambda *_: None), held)
     finally:
         close_world(world)
 
 
-def _train(cfg: Config, world, resume, overwrite, log) -> dict:
+def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     info = read_data_dir(cfg.data, cfg.loader)
     batch_size = per_rank_batch(world, cfg.batch_size)
     if train_steps(info.counts["train"], batch_size, world) == 0:
         raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
                          f"choose a smaller batch size")
-    _open_run_dir(cfg, resume, overwrite, world)
+    train_labels = read_labels(info, "train")
+    _open_run_dir(cfg, resume, overwrite, world, held)
     device = device_of(world, cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: the autotuned convolutions pay back in a few steps
@@ -121,7 +151,7 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                       image_size=info.image_size, mean=info.mean if normalized else None,
                       std=info.std if normalized else None)
     model = build_model(**model_spec).to(device)
-    strategy = build_label_strategy(cfg, read_labels(info, "train").to(device), info.num_classes).to(device)
+    strategy = build_label_strategy(cfg, train_labels.to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
     engine = build_engine(model, optimizer, strategy, cfg, world)
     train_loader = make_loader(cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world)
@@ -136,22 +166,32 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
     steps = len(train_loader)
 
     def state(epoch, step=0, ranks=None):
-        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset, "epoch": epoch,
+        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset,
+                "data_checksums": info.checksums, "epoch": epoch,
                 "step": step, "world_size": world.size, "torchrun": world.launched, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(), "history": tracker.history,
                 "ranks": ranks}
 
     if resume:
         saved = load_resume_state(cfg.out, world, map_location=device, log=log)
+        check_same_data(saved, info.checksums, os.path.join(cfg.out, "last.pt"), cfg.data,
+                        "restore the data the run trained on, or start a new run with --out")
+        if saved["epoch"] >= cfg.epochs and all(os.path.isfile(os.path.join(cfg.out, f)) for f in FINAL_FILES):
+            log(f"{cfg.out} finished its {n_epochs(cfg.epochs)} already: nothing to do (its files are unchanged)")
+            return _summary(cfg, BestFinalTracker(saved["history"]))
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         strategy.load_state_dict(saved["strategy"])
         tracker, start_epoch, start_step = BestFinalTracker(saved["history"]), saved["epoch"], saved["step"]
         ranks = saved["ranks"]
+        if world.is_main:  # after the checks, which write nothing, and before the first write
+            held.enter_context(run_lock(cfg.out))
 
     # A mid-epoch last.pt must not push the epoch's start out of last.prev.pt: a resume with another number of
     # ranks restarts the epoch from there.
     last_is_epoch_end = not start_step
+    # Pace of this process's training steps, for the run's ETA and the slow-CPU warning.
+    run_t0, steps_done, warned = time.perf_counter(), 0, cfg.device != "cpu"
     with GracefulStop(world, log) as stop, BackgroundWriter() as writer:
         if resume:
             log(f"resuming {cfg.out} at epoch {start_epoch + 1}" + (f", step {start_step + 1}" if start_step else ""))
@@ -170,8 +210,9 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
             strategy.start_epoch(epoch)
             train_loader.set_epoch(epoch, first_step)
             model.train()
+            # Quiet when the output goes to a file or a pipe: a log keeps the per-epoch rows only.
             bar = tqdm(train_loader, total=steps - first_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       leave=False, disable=None if world.is_main else True)
+                       leave=False, disable=not (world.is_main and sys.stdout.isatty()))
             for step, batch in enumerate(bar, start=first_step):
                 lr = lr_at(cfg, epoch, step, steps)
                 for group in optimizer.param_groups:
@@ -179,6 +220,11 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                 engine.step(batch, meter, step)
                 if visited is not None:
                     visited[batch.index] = True
+                steps_done += 1
+                if not warned and time.perf_counter() - run_t0 > 10:  # after the first steps' warm-up
+                    warned = True
+                    _warn_if_slow(log, time.perf_counter() - run_t0, steps_done,
+                                  (cfg.epochs - epoch) * steps - step - 1)
                 signum = stop.requested()
                 if signum:
                     bar.close()
@@ -189,8 +235,9 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                                       f"it: fastsglr train --resume {cfg.out}", signum)
             bad = meter.first_nonfinite_step()
             if bad is not None:
+                kept = f"last.pt keeps epoch {epoch}" if epoch else "no checkpoint was written"
                 raise TrainingError(f"the training loss became non-finite at epoch {epoch + 1}, step {bad + 1}: "
-                                    f"last.pt keeps epoch {epoch}; lower --lr or check the data")
+                                    f"{kept}; lower --lr or check the data")
             train_seconds = time.perf_counter() - t0
             sync_sample_tables(world, tables, visited)
             check_ranks_agree(world, model, tables, epoch + 1)
@@ -212,14 +259,14 @@ def _train(cfg: Config, world, resume, overwrite, log) -> dict:
                 writer.submit(functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)),
                                                 tracker.is_best_last))
             last_is_epoch_end = True
-            log(_format_row(row))
+            seconds_per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start_epoch)
+            log(_format_row(row, seconds_per_epoch * (cfg.epochs - epoch - 1)))
             signum = stop.requested()  # a signal during evaluation: last.pt of this epoch is written on the way out
             if signum:
                 raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
                                   f"fastsglr train --resume {cfg.out}", signum)
 
-    # How the numbers were made: bf16 moves PGD's sign steps, so a summary says what it was trained with.
-    summary = {**tracker.summary(), "engine": cfg.engine, "precision": cfg.precision, "device": cfg.device}
+    summary = _summary(cfg, tracker)
     if world.is_main:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), state(cfg.epochs))
         write_json(os.path.join(cfg.out, "summary.json"), summary, fix=resume_fix(cfg.out))

@@ -3,6 +3,9 @@ code 2, exactly the table's error line on stderr, and nothing written. The READM
 there is tested here, and a row whose command needs set-up this file lacks fails the table check. Also: a disk that
 fills mid-write keeps the previous file and leaves no temp file behind."""
 import errno
+import fcntl
+import hashlib
+import io
 import itertools
 import json
 import os
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsglr.checkpoint import load_checkpoint, save_checkpoint
+from fastsglr.checkpoint import FORMAT_VERSION, MAGIC, load_checkpoint, save_checkpoint
 from fastsglr.cli import main
 from fastsglr.data.beton import ffcv_available
 from fastsglr.errors import UsageError
@@ -28,8 +31,10 @@ SECTION = "### Bad input and the errors it gets"
 # Placeholders in the table's commands. Shared ones are made once for the module (RUN_PLACES); the others are paths
 # in each row's own scratch folder.
 RUN_PLACES = ("DIGITS", "SYNTH", "RUN", "CKPT", "CIFAR_CKPT", "NOT_CKPT", "TRUNCATED_CKPT", "NO_ARRAYS", "NO_BETON",
-              "SWAPPED_BETON")
-ROW_PLACES = ("OUT", "NOWHERE", "FULL")
+              "SWAPPED_BETON", "EVIL_CKPT", "LOCKED_RUN", "PID", "CHANGED_RUN", "CHANGED_DATA", "DAMAGED_CONFIG_RUN",
+              "LYING_META")
+ROW_PLACES = ("OUT", "NOWHERE", "FULL", "LONG_NAME")
+LONG_NAME = "x" * 300  # one path component longer than any file system allows (255 bytes)
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]{2,}\b")  # in a command; in an error line only the names above count
 CODE = re.compile(r"^(`+) ?(.+?) ?\1$")  # a cell that is one markdown code span (`` when it holds a `)
 FULL_FREE = 10 << 10  # what the device holding FULL reports free: room for nothing
@@ -73,10 +78,32 @@ def _run(args):
     assert main(["train", *args, *QUICK, "--epochs", "1"]) == 0
 
 
+class _OpensAFile:
+    """Unpickled, it creates ``path``: a stand-in for any code a hostile checkpoint could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _hostile_checkpoint(good, path, marker):
+    """``good``'s state with an object whose unpickling opens ``marker``, under a valid header: the checksum only
+    proves a file intact, anyone can compute it."""
+    state = load_checkpoint(good)
+    state["history"] = _OpensAFile(marker)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = b"%s %d %s\n" % (MAGIC, FORMAT_VERSION, hashlib.sha256(payload).hexdigest().encode())
+    path.write_bytes(header + payload)
+
+
 @pytest.fixture(scope="module")
 def places(digits_dir, noisy_digits_dir, tmp_path_factory):
     """The module's shared inputs, made once: finished one-epoch runs on digits and on (fake) CIFAR-10, a synthetic
-    data directory, damaged checkpoints and data directories."""
+    data directory, damaged checkpoints, data and run directories, and a run whose lock this process holds."""
     from fake_cifar import _write_cifar10
 
     from fastsglr.data.prepare import prepare
@@ -100,10 +127,28 @@ def places(digits_dir, noisy_digits_dir, tmp_path_factory):
     os.remove(no_beton / "train.beton")
     swapped = shutil.copytree(digits_dir, root / "swapped_beton")  # same shape and size, other labels
     shutil.copy(os.path.join(noisy_digits_dir, "train.beton"), swapped / "train.beton")
-    return {"DIGITS": digits_dir, "SYNTH": str(synth), "RUN": str(root / "run"), "CKPT": str(ckpt),
-            "CIFAR_CKPT": str(root / "cifar_run" / "final.pt"), "NOT_CKPT": str(root / "weights.pt"),
-            "TRUNCATED_CKPT": str(root / "truncated.pt"), "NO_ARRAYS": str(no_arrays), "NO_BETON": str(no_beton),
-            "SWAPPED_BETON": str(swapped), "ROOT": str(root)}  # ROOT: not a placeholder, what rows must not touch
+    _hostile_checkpoint(str(ckpt), root / "evil.pt", str(root / "code_ran"))  # code_ran: a file the row must not write
+    locked = shutil.copytree(root / "run", root / "locked_run")
+    os.remove(locked / "final.pt")  # not finished: a resume goes on to train, so it needs the lock
+    damaged = shutil.copytree(root / "run", root / "damaged_config_run")
+    (damaged / "config.json").write_text("")
+    lying = shutil.copytree(digits_dir, root / "lying_meta")  # its labels go up to 9
+    meta = json.loads((lying / "meta.json").read_text())
+    (lying / "meta.json").write_text(json.dumps({**meta, "classes": meta["classes"][:5], "num_classes": 5}))
+    changed = shutil.copytree(digits_dir, root / "changed_data")
+    _run(["--data", str(changed), "--out", str(root / "changed_run"), "--labels", "hard", "--eval-subset", "50"])
+    prepare("digits", str(changed), label_noise=0.4, **quiet)  # re-prepared under the run: other labels
+    lock = os.open(locked / ".lock", os.O_RDWR | os.O_CREAT)  # held by this process, as a running train would
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    yield {"DIGITS": digits_dir, "SYNTH": str(synth), "RUN": str(root / "run"), "CKPT": str(ckpt),
+           "CIFAR_CKPT": str(root / "cifar_run" / "final.pt"), "NOT_CKPT": str(root / "weights.pt"),
+           "TRUNCATED_CKPT": str(root / "truncated.pt"), "NO_ARRAYS": str(no_arrays), "NO_BETON": str(no_beton),
+           "SWAPPED_BETON": str(swapped), "EVIL_CKPT": str(root / "evil.pt"), "LOCKED_RUN": str(locked),
+           "PID": str(os.getpid()), "CHANGED_RUN": str(root / "changed_run"), "CHANGED_DATA": str(changed),
+           "DAMAGED_CONFIG_RUN": str(damaged), "LYING_META": str(lying),
+           "ROOT": str(root)}  # ROOT: not a placeholder, what rows must not touch
+    os.close(lock)
 
 
 @pytest.fixture
@@ -138,7 +183,8 @@ def _files(*roots):
 def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys, monkeypatch):
     if "--device cuda" in row.command and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    paths = {**places, "OUT": str(tmp_path / "out"), "NOWHERE": str(tmp_path / "nowhere"), "FULL": full_device}
+    paths = {**places, "OUT": str(tmp_path / "out"), "NOWHERE": str(tmp_path / "nowhere"), "FULL": full_device,
+             "LONG_NAME": LONG_NAME}
     places_in = re.compile(r"\b(%s)\b" % "|".join(RUN_PLACES + ROW_PLACES))
 
     def fill(text):

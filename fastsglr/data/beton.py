@@ -58,8 +58,13 @@ def write_beton(path, images, labels, clean_labels, num_workers=1):
         "index": IntField(),
     }
     tmp = f"{path}.tmp"
-    writer = DatasetWriter(tmp, fields, num_workers=num_workers, page_size=PAGE_SIZE)
-    writer.from_indexed_dataset(_Records(images, labels, clean_labels), chunksize=256)
+    try:
+        writer = DatasetWriter(tmp, fields, num_workers=num_workers, page_size=PAGE_SIZE)
+        writer.from_indexed_dataset(_Records(images, labels, clean_labels), chunksize=256)
+    except BaseException:  # Ctrl-C or SIGTERM included: no half-written temp file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 
@@ -86,9 +91,10 @@ def check_beton(path, image_shape, num_samples=None):
     if found != expected:
         raise UsageError(f"{path} has fields {sorted(found)} ({', '.join(t.__name__ for t in found.values())}), "
                          f"expected {list(FIELDS)}: re-run `fastsglr prepare`")
-    if tuple(reader.handlers["image"].shape) != tuple(image_shape):
-        raise UsageError(f"{path} holds images of shape {tuple(reader.handlers['image'].shape)} but meta.json says "
-                         f"{tuple(image_shape)}: re-run `fastsglr prepare`")
+    shape = tuple(int(n) for n in reader.handlers["image"].shape)  # FFCV's are numpy integers: print them plain
+    if shape != tuple(image_shape):
+        raise UsageError(f"{path} holds images of shape {shape} but meta.json says {tuple(image_shape)}: re-run "
+                         f"`fastsglr prepare`")
     if num_samples is not None and int(reader.num_samples) != num_samples:
         raise UsageError(f"{path} holds {int(reader.num_samples)} records but meta.json says {num_samples}: "
                          f"re-run `fastsglr prepare`")

@@ -4,8 +4,9 @@ streaming FFCV loader reads); and the checks on reading it."""
 import functools
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from .beton import check_beton
@@ -34,6 +35,7 @@ class DataInfo:
     std: tuple
     crop_padding: int           # zero padding of the training random crop (4 for 32 x 32 images)
     noise: dict
+    checksums: dict = field(default_factory=dict)  # file name -> sha256, as checked against the files on reading
 
     @property
     def num_classes(self) -> int:
@@ -68,22 +70,37 @@ def read_data_dir(root, loader="device") -> DataInfo:
         info = DataInfo(root=root, dataset=meta["dataset"], classes=tuple(meta["classes"]),
                         image_shape=tuple(meta["image_shape"]), counts=dict(meta["counts"]),
                         mean=tuple(meta["mean"]), std=tuple(meta["std"]), crop_padding=int(meta["crop_padding"]),
-                        noise=dict(meta["noise"]))
-        checksums = dict(meta.get("checksums", {}))
-    except (ValueError, KeyError, TypeError) as exc:
+                        noise=dict(meta["noise"]),
+                        checksums=dict(meta.get("checksums", {})))
+        _check_meta(info, meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{meta_path} is damaged ({exc!r}): re-run `fastsglr prepare`") from None
     for split in SPLITS:
         _check_exists(info.arrays(split))
-        _check_checksum(info.arrays(split), checksums.get(f"{split}.npz"))
+        _check_checksum(info.arrays(split), info.checksums.get(f"{split}.npz"))
         if loader == "ffcv":
             check_beton(info.beton(split), info.image_shape, info.counts[split])
-            _check_checksum(info.beton(split), checksums.get(f"{split}.beton"))
+            _check_checksum(info.beton(split), info.checksums.get(f"{split}.beton"))
     return info
 
 
 def _check_exists(path):
     if not os.path.isfile(path):
         raise UsageError(f"{path} is missing: run `fastsglr prepare` to write the data directory")
+
+
+def _check_meta(info: DataInfo, meta):
+    """What the betons cannot contradict (the shape and counts are checked against them): a ValueError names the
+    field that does not add up."""
+    channels = info.image_shape[2]
+    if meta.get("num_classes", info.num_classes) != info.num_classes or not info.classes:
+        raise ValueError(f"num_classes {meta.get('num_classes')} vs {info.num_classes} class names")
+    if not (len(info.mean) == len(info.std) == channels):
+        raise ValueError(f"mean/std of {len(info.mean)}/{len(info.std)} channels for {channels}-channel images")
+    if not all(math.isfinite(m) for m in info.mean) or not all(math.isfinite(s) and s > 0 for s in info.std):
+        raise ValueError(f"mean {info.mean} / std {info.std}: finite numbers, std above 0")
+    if not 0 <= info.crop_padding <= info.image_size:
+        raise ValueError(f"crop_padding {info.crop_padding} for {info.image_size}-pixel images")
 
 
 def _check_checksum(path, expected):

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ..distributed import World
+from ..errors import UsageError
 from .arrays import read_arrays
 from .augment import draw_flip_crop, epoch_generator, flip_crop
 from .beton import require_ffcv
@@ -164,6 +165,10 @@ def read_split(info: DataInfo, split, fields=("images", "labels", "clean_labels"
 def read_labels(info: DataInfo, split) -> torch.Tensor:
     """The training labels of a split, in index order (SGLR's one-hot table starts from them)."""
     (labels,) = read_split(info, split, fields=("labels",))
+    if len(labels) and not 0 <= labels.min() <= labels.max() < info.num_classes:
+        bad = int(labels.max() if labels.max() >= info.num_classes else labels.min())
+        raise UsageError(f"{info.arrays(split)} holds label {bad} but {info.root}/meta.json names "
+                         f"{info.num_classes} classes: re-run `fastsglr prepare`")
     return torch.from_numpy(labels)
 
 

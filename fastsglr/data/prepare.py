@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import UsageError
 from .arrays import arrays_bytes, write_arrays
 from .beton import beton_bytes, ffcv_available, write_beton
-from ..files import check_free_space, write_json
+from ..files import check_free_space, check_writable_dir, holds, write_json
 from .datadir import sha256
 from .noise import NOISE_DEFINITIONS, corrupt_labels
 from .sources import channel_stats, load_raw
@@ -20,14 +20,14 @@ def prepare(dataset, out, *, root=None, label_noise=0.0, noise_type="symmetric",
     num_classes = len(raw.classes)
     noisy = corrupt_labels(raw.train.labels, num_classes, label_noise, noise_type, seed,
                            superclass=raw.superclass, dataset=dataset)
+    if holds(out) == "a training run":
+        raise UsageError(f"--out {out} holds a training run: the data directory would be written into it; choose "
+                         f"another --out")
     betons = ffcv_available()
     parts = (("train", noisy, raw.train), ("test", raw.test.labels, raw.test))
     check_free_space(out, sum(arrays_bytes(p.images) + (beton_bytes(p.images) if betons else 0) for _, _, p in parts),
                      "the data directory")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {out} ({exc.strerror}): choose another --out") from None
+    check_writable_dir(out)
 
     written = []
     for split, labels, part in parts:
