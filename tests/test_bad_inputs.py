@@ -1,6 +1,6 @@
-"""Every bad input in the README's table ("Bad input and the errors it gets"), run through the command line: exit
-code 2, exactly the table's error line on stderr, and nothing written. The README is the one list: a row added
-there is tested here, and a row whose command needs set-up this file lacks fails the table check. Also: a disk that
+"""Every bad input in the error table (docs/errors.md, "Bad input and the errors it gets"), run through the command
+line: exit code 2, exactly the table's error line on stderr, and nothing written. That page is the one list: a row
+added there is tested here, and a row whose command needs set-up this file lacks fails the table check. Also: a disk that
 fills mid-write keeps the previous file and leaves no temp file behind."""
 import errno
 import fcntl
@@ -26,8 +26,8 @@ from fastsglr.data.beton import ffcv_available
 from fastsglr.errors import UsageError
 from fastsglr.files import write_json
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "### Bad input and the errors it gets"
+ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+SECTION = "# Bad input and the errors it gets"
 # Placeholders in the table's commands. Shared ones are made once for the module (RUN_PLACES); the others are paths
 # in each row's own scratch folder.
 RUN_PLACES = ("DIGITS", "SYNTH", "RUN", "CKPT", "CIFAR_CKPT", "NOT_CKPT", "TRUNCATED_CKPT", "NO_ARRAYS", "NO_BETON",
@@ -43,8 +43,8 @@ Row = namedtuple("Row", "input command error")
 
 
 def _table_rows():
-    """(input, command, error line) of every row of the README's table; the last two are code spans."""
-    after = README.read_text().split(SECTION, 1)[1].splitlines()
+    """(input, command, error line) of every row of the error table; the last two are code spans."""
+    after = ERRORS_PAGE.read_text().split(SECTION, 1)[1].splitlines()
     start = next(i for i, line in enumerate(after) if line.startswith("|"))
     table = list(itertools.takewhile(lambda line: line.startswith("|"), after[start:]))
     rows = []
@@ -60,7 +60,7 @@ ROWS = _table_rows()
 
 
 def test_table_is_complete_and_every_command_can_be_set_up():
-    assert len(ROWS) >= 40, "the README's table lost rows"
+    assert len(ROWS) >= 40, "the error table lost rows"
     assert len({r.input for r in ROWS}) == len(ROWS), "two rows share an input"
     for row in ROWS:
         assert row.command.startswith("fastsglr "), row

@@ -1,4 +1,4 @@
-"""Hostile inputs and faults (issue 13) beyond the README's error table, which test_bad_inputs runs: a checkpoint
+"""Hostile inputs and faults (issue 13) beyond the error table (docs/errors.md), which test_bad_inputs runs: a checkpoint
 whose pickle would run code, two writers on one run directory, runs resumed from elsewhere or after they finished,
 signals in every sub-command, a reader that closes stdout, and what a newcomer sees (milestones, plots, strict
 JSON, the slow-CPU warning)."""
