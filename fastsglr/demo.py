@@ -5,7 +5,6 @@ perturbation to matter at this resolution). Prints each run's per-epoch table an
 """
 import argparse
 import dataclasses
-import json
 import os
 
 from .config import Config, apply_preset, n_epochs, validate
@@ -13,7 +12,7 @@ from .data.datadir import read_data_dir
 from .data.prepare import prepare
 from .errors import UsageError
 from .report import plot_curves, summary_table
-from .trainer import train
+from .trainer import read_history, train
 
 
 def main(argv=None):
@@ -35,15 +34,10 @@ def main(argv=None):
         cfg = validate(dataclasses.replace(base, labels=labels, out=os.path.join(args.out, labels)))
         print(f"\n== {name}: {cfg.model} on digits, eps {cfg.eps:.4f}, {n_epochs(cfg.epochs)} ==")
         summaries[name] = train(cfg, overwrite=True)
-        histories[name] = _read_history(cfg.out)
+        histories[name] = read_history(cfg.out)
     print("\n" + summary_table(summaries))
     plot_curves(histories, os.path.join(args.out, "curves.png"))
     print(f"\ncurves of both runs: {os.path.join(args.out, 'curves.png')}")
-
-
-def _read_history(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 if __name__ == "__main__":

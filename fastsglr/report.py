@@ -1,4 +1,5 @@
-"""Figures and tables of finished runs: learning curves in the spirit of the paper's Fig. 1 and 4."""
+"""Figures of finished runs (learning curves in the spirit of the paper's Fig. 1, memorisation under label noise as its
+Fig. 4) and their best / final / diff table: every plot of the project is drawn here."""
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on training boxes or CI
@@ -37,6 +38,32 @@ def plot_curves(runs: dict, path, panels=PANELS):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_noise_memorization(results, path, wrong_rates=None):
+    """The paper's Fig. 4 per noise rate: adversarial training accuracy on the untouched portion (labels kept) and
+    the share of the corrupted portion whose corrupted label is predicted (memorised), per label strategy.
+    ``wrong_rates``: noise rate -> realised wrong-label rate, shown in the titles."""
+    wrong_rates = wrong_rates or {}
+    rates = sorted({run.noise for run, _ in results if run.noise})
+    fig, axes = plt.subplots(2, len(rates), figsize=(4.2 * len(rates), 6.6), squeeze=False)
+    for col, rate in enumerate(rates):
+        for i, (run, m) in enumerate((r, m) for r, m in results if r.noise == rate):
+            epochs = [row["epoch"] for row in m.history]
+            for ax, key in zip(axes[:, col], ("train_adv_acc_untouched", "train_adv_memorized_corrupted")):
+                plot_per_epoch(ax, epochs, [row[key] for row in m.history], color=f"C{i}", label=run.row)
+        realised = f" ({wrong_rates[rate]:.1%} wrong)" if rate in wrong_rates else ""
+        axes[0, col].set_title(f"{rate:.0%} noise{realised}: untouched portion", fontsize=9)
+        axes[1, col].set_title(f"{rate:.0%} noise{realised}: corrupted portion", fontsize=9)
+    for row, ylabel in enumerate(("adversarial accuracy (%)", "predicts the corrupted label (%)")):
+        for ax in axes[row]:
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -112,6 +112,15 @@ def _write_epoch(out, checkpoint, is_best):
     write_json(os.path.join(out, "metrics.jsonl"), checkpoint["history"], lines=True, fix=resume_fix(out))
 
 
+def read_history(run_dir) -> list:
+    """A run's metrics.jsonl: one row per epoch."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+    except ValueError as exc:
+        raise UsageError(f"{path} is damaged ({exc}): delete {run_dir} to train the run again") from None
+
 def _gather(world, value):
     """``value`` from every rank, in rank order (rank 0 writes them all into a mid-epoch checkpoint)."""
     if not world.launched:

@@ -20,8 +20,11 @@ from fastsglr.config import PRESETS
 from fastsglr.data.datadir import read_data_dir, sha256
 from fastsglr.data.loaders import read_split
 from fastsglr.errors import UsageError
-from fastsglr.reproduce import TABLES, Measured, Run, plot_noise_memorization, reproduce
+from fastsglr.report import plot_noise_memorization
+from fastsglr.reproduce import TABLES, grid, reproduce, tables
+from fastsglr.reproduce.tables import Measured, Run
 from fastsglr.robustness import AttackSettings, load_test_images
+from fastsglr.trainer import read_history
 
 SMALL = AttackSettings(apgd_steps=10, fab_steps=10, square_queries=100, check_images=64)
 QUICK = dict(epochs=2, eval_subset=64, settings=SMALL, device="cpu", log=lambda *_: None)
@@ -99,13 +102,13 @@ def test_second_call_resumes_where_it_stopped(table2, digits_dir, monkeypatch):
     for name in ("final.pt", "summary.json"):  # as if killed after the last epoch's checkpoint
         os.remove(os.path.join(interrupted, name))
     calls = []
-    real_train = reproduce_module.train
+    real_train = grid.train
 
     def recording_train(cfg, **kwargs):
         calls.append((cfg.out, kwargs["resume"]))
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(reproduce_module, "train", recording_train)
+    monkeypatch.setattr(grid, "train", recording_train)
     again = reproduce("table2", digits_dir, str(out), **QUICK)
     assert calls == [(interrupted, True)]
     assert again["markdown"] == first["markdown"]
@@ -119,10 +122,10 @@ def test_a_changed_setting_is_refused_not_mixed_in(table2, digits_dir):
 
 def test_grids_share_equal_runs(digits_dir, tmp_path):
     info = read_data_dir(digits_dir)
-    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
+    base = grid._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
 
     def run_dirs(table):
-        return [reproduce_module._run_config(base, info, run, str(tmp_path)).out for run in TABLES[table]().runs]
+        return [grid._run_config(base, info, run, str(tmp_path)).out for run in TABLES[table]().runs]
 
     table4 = run_dirs("table4")
     assert len(table4) == 15 and len(set(table4)) == 13  # the three r = 0 cells are one run
@@ -144,11 +147,11 @@ def test_sglr_variants_and_the_papers_network(digits_dir, tmp_path):
                 overrides = dict(run.overrides)
                 assert {k: overrides[k] for k in PRESETS[variant]} == PRESETS[variant]
     cifar = dataclasses.replace(read_data_dir(digits_dir), dataset="cifar10")
-    base = reproduce_module._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
+    base = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
     assert (base.model, base.input_norm, base.epochs) == ("resnet18", "none", 200)
-    code = reproduce_module._run_config(base, cifar, TABLES["table2"]("sgls-code").runs[-1], str(tmp_path))
+    code = grid._run_config(base, cifar, TABLES["table2"]("sgls-code").runs[-1], str(tmp_path))
     assert (code.sglr_warmup, code.r, code.temperature) == (89, 1.0, 1.0)
-    other = reproduce_module._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None,
+    other = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None,
                                           model="preactresnet18")
     assert (other.model, other.input_norm) == ("preactresnet18", "none")
     with pytest.raises(UsageError, match="--sglr applies to table2, table3 and wrn only"):
@@ -181,9 +184,9 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
     has exactly that share of training labels changed, every run trains on its rate's copy, each cell shows the
     measured train - test robust gap beside the paper's number and the difference, and Fig. 4 gets both portions."""
     rates = (0.2, 0.6)
-    monkeypatch.setattr(reproduce_module, "NOISE_RATES", rates)
+    monkeypatch.setattr(tables, "NOISE_RATES", rates)
     plotted = []
-    real_plot = reproduce_module.plot_noise_memorization
+    real_plot = plot_noise_memorization
 
     plotted_rates = {}
 
@@ -216,11 +219,11 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
                                                for line in markdown.splitlines() if line.startswith("| "))}
     runs = {(run["row"], run["noise"]): run["run_dir"] for run in report["runs"]}
     assert len(runs) == 6
-    for labels, row in reproduce_module.LABEL_NAMES.items():
+    for labels, row in tables.LABEL_NAMES.items():
         for rate, cell in zip(rates, rows[row]):
             run_dir = runs[row, rate]
             assert _read_json(os.path.join(run_dir, "config.json"))["data"] == copies[rate]
-            history = reproduce_module._history(run_dir)
+            history = read_history(run_dir)
             (evaluation,) = glob.glob(os.path.join(run_dir, "eval_*.json"))  # final.pt only
             for attack, shown in (("pgd20", cell), ("pgd20-sgls", rows[f"{row} (SGLS PGD-20)"][rates.index(rate)])):
                 gap = history[-1]["train_adv_acc"] - _read_json(evaluation)["attacks"][attack]["acc"]
@@ -240,10 +243,10 @@ def test_transfer_table_runs(digits_dir, tmp_path):
     """Table B.3's sources are ResNet-34 / -50 trained with PGD-AT on hard labels, on digits too; its targets are
     Table 3's AT and AT+SGLR runs, each attacked from both sources."""
     info = read_data_dir(digits_dir)
-    base = reproduce_module._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
+    base = grid._base_config(info, epochs=2, eval_subset=64, device="cpu", engine=None)
 
     def configs(runs):
-        return [reproduce_module._run_config(base, info, run, str(tmp_path)) for run in runs]
+        return [grid._run_config(base, info, run, str(tmp_path)) for run in runs]
 
     spec = TABLES["transfer"]()
     sources = configs(spec.sources)
@@ -265,7 +268,7 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
     against its block's source, beside the paper's number and the difference."""
     # ResNet-34 / -50 sources cost about 30 s / 55 s per digits epoch on 2 CPU cores: small CNNs with their own seeds
     # (independently trained, so still black-box) keep this test quick; test_transfer_table_runs checks the ResNets.
-    monkeypatch.setattr(reproduce_module, "TRANSFER_SOURCES", {"ResNet-34": {"seed": 1}, "ResNet-50": {"seed": 2}})
+    monkeypatch.setattr(tables, "TRANSFER_SOURCES", {"ResNet-34": {"seed": 1}, "ResNet-50": {"seed": 2}})
     crafted, evaluated = [], {}
     real_pgd, real_evaluate = robustness.pgd, reproduce_module._evaluate
 
@@ -394,14 +397,14 @@ def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
         assert says in markdown, says
 
     cifar = dataclasses.replace(read_data_dir(digits_dir), dataset="cifar10")
-    base = reproduce_module._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
+    base = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
     wrn, table3 = TABLES["wrn"](), TABLES["table3"]()
-    configs = [reproduce_module._run_config(base, cifar, run, str(tmp_path), reproduce_module._network(wrn, cifar, None))
+    configs = [grid._run_config(base, cifar, run, str(tmp_path), grid._network(wrn, cifar, None))
                for run in wrn.runs]
     assert {(c.model, c.input_norm) for c in configs} == {("wrn34_10", "none")}
-    at_resnet = reproduce_module._run_config(base, cifar, table3.runs[0], str(tmp_path))
+    at_resnet = grid._run_config(base, cifar, table3.runs[0], str(tmp_path))
     assert at_resnet.model == "resnet18" and at_resnet.out not in {c.out for c in configs}
-    assert reproduce_module._network(wrn, cifar, "preactresnet18") == {}
+    assert grid._network(wrn, cifar, "preactresnet18") == {}
 
 
 def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
@@ -413,11 +416,11 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     report = reproduce("schedules", digits_dir, str(out), **QUICK)
     runs = {run["row"]: run["run_dir"] for run in report["runs"]}
     assert list(runs) == ["piecewise", "cosine"]
-    histories = {name: reproduce_module._history(d) for name, d in runs.items()}
+    histories = {name: read_history(d) for name, d in runs.items()}
     for name, run_dir in runs.items():
         config = _read_json(os.path.join(run_dir, "config.json"))
         assert (config["method"], config["labels"], config["schedule"], config["hessian_probes"]) == \
-            ("pgd-at", "hard", name, reproduce_module.SCHEDULE_HESSIAN_PROBES)
+            ("pgd-at", "hard", name, tables.SCHEDULE_HESSIAN_PROBES)
         assert all(np.isfinite(row["hessian_trace"]) and row["hessian_trace_sem"] > 0 for row in histories[name])
     # cosine: 0.5 lr (1 + cos(pi t)) at the epoch's last step (1347 // 64 = 21 steps per epoch)
     steps = 1347 // 64
@@ -426,9 +429,9 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     assert [row["lr"] for row in histories["piecewise"]] == pytest.approx([0.05, 0.005])
 
     hard = next(run["run_dir"] for run in first["runs"] if run["row"] == "PGD-AT")
-    assert all("hessian_trace" not in row for row in reproduce_module._history(hard))
+    assert all("hessian_trace" not in row for row in read_history(hard))
     for key in ("train_loss", "train_adv_acc", "grad_norm", "test_pgd_acc"):
-        assert [row[key] for row in histories["piecewise"]] == [row[key] for row in reproduce_module._history(hard)]
+        assert [row[key] for row in histories["piecewise"]] == [row[key] for row in read_history(hard)]
     assert all(torch.equal(a, b) for a, b in zip(load_model(os.path.join(hard, "final.pt")).state_dict().values(),
                                                   load_model(os.path.join(runs["piecewise"], "final.pt"))
                                                   .state_dict().values()))
@@ -447,7 +450,7 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     markdown = report["markdown"]
     trace = histories["cosine"][1]["hessian_trace"]
     assert f"| 2 | {histories['piecewise'][1]['test_pgd_acc']:.1f} / – |" in markdown and f"{trace:.2f} / – |" in markdown
-    for says in (f"Hutchinson's estimator with {reproduce_module.SCHEDULE_HESSIAN_PROBES} Rademacher probes",
+    for says in (f"Hutchinson's estimator with {tables.SCHEDULE_HESSIAN_PROBES} Rademacher probes",
                  "Its caption names no method", "measured on a seeded subset of 64 test images"):
         assert says in markdown, says
     assert os.path.getsize(out / "schedules_curves.png") > 0
