@@ -121,6 +121,7 @@ def read_history(run_dir) -> list:
     except ValueError as exc:
         raise UsageError(f"{path} is damaged ({exc}): delete {run_dir} to train the run again") from None
 
+
 def _gather(world, value):
     """``value`` from every rank, in rank order (rank 0 writes them all into a mid-epoch checkpoint)."""
     if not world.launched:

@@ -7,6 +7,7 @@ from ..data.prepare import prepare
 from ..errors import UsageError
 from .tables import PAPER_DATASETS
 
+
 def _data_for(table_runs, data) -> dict:
     """The paper's data set -> the DataInfo standing for it (the rule: see the package docstring, ``Data:``)."""
     infos = [read_data_dir(d) for d in ([data] if isinstance(data, str) else data)]

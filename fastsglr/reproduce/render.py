@@ -6,6 +6,7 @@ from ..robustness import STANDARD, sgls_pgd
 from .grid import _network
 from .tables import PAPER_DATASETS, PAPER_EPOCHS, PAPER_NETWORK, Block, Table
 
+
 def _cell(measured, printed, digits) -> str:
     if printed is None:
         return f"{measured:.{digits}f} / –"

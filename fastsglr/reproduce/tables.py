@@ -1,5 +1,5 @@
 """The paper's tables as data: what a table's runs are (Run), how its measured numbers become markdown blocks
-(Block), and one builder per table returning its spec (Table); ``TABLES`` names them."""
+(Block, from each run's Measured), and one builder per table returning its spec (Table); ``TABLES`` names them."""
 from dataclasses import dataclass, field
 from typing import Callable
 
