@@ -15,6 +15,7 @@ setup(
         "fastsglr.data",
         "fastsglr.models",
         "fastsglr.engine",
+        "fastsglr.reproduce",
         "fastsglr.kernels",
     ],
     package_dir={"fastsglr": "fastsglr", "fastsglr.kernels": "kernels"},
