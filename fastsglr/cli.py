@@ -66,6 +66,9 @@ _TRAIN_FLAGS = [
     ("--attack-steps", "attack_steps", int, "training attack steps (PGD-10: 10)"),
     ("--trades-beta", "trades_beta", float, "TRADES: weight of the KL term (6)"),
     ("--attack-bn-mode", "attack_bn_mode", str, "BN mode while crafting training attacks: eval | train"),
+    ("--awp-gamma", "awp_gamma", float, "AWP: weight perturbation size relative to ||w|| (0: off; Wu et al.: 0.01 "
+                                        "PGD-AT, 0.005 TRADES)"),
+    ("--awp-warmup", "awp_warmup", int, "AWP: epochs without the perturbation first (0)"),
     ("--r", "r", float, "LS smoothing / SGLR weight of the refined label (0.2)"),
     ("--temperature", "temperature", float, "SGLR temperature T (paper 1.5)"),
     ("--ema-momentum", "ema_momentum", float, "SGLR alpha / TE momentum (0.9)"),

@@ -42,6 +42,10 @@ class Config:
     attack_steps: int = 10
     trades_beta: float = 6.0
     attack_bn_mode: str = "eval"       # BN mode while crafting training attacks (SGLS/AWP: eval; Rice et al.: train)
+    awp_gamma: float = 0.0             # AWP (awp.py): relative size of the weight perturbation; 0 = off (Wu et al.'s
+                                       # code: 0.01 for PGD-AT, 0.005 for TRADES)
+    awp_warmup: int = 0                # AWP: epochs without perturbation first (AWP's code: 0 for PGD-AT; TRADES
+                                       # --awp-warmup 10 counting epochs from 1, i.e. 9 here)
 
     # --- label strategy ---
     labels: str = "sglr"               # hard | ls | te | sglr
@@ -194,6 +198,8 @@ def validate(cfg: Config) -> Config:
     check_range("sglr_warmup", cfg.sglr_warmup, 0, 1_000_000)
     check_range("te_weight", cfg.te_weight, 0, 1e6)
     check_range("te_rampup", cfg.te_rampup, 0, 1_000_000)
+    check_range("awp_gamma", cfg.awp_gamma, 0, 1)
+    check_range("awp_warmup", cfg.awp_warmup, 0, 1_000_000)
     check_range("epochs", cfg.epochs, 1, 1_000_000)
     check_range("batch_size", cfg.batch_size, 1, 1_000_000)
     check_range("lr", cfg.lr, 0, 100, lo_open=True)

@@ -218,6 +218,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
                 if visited is not None:
                     visited.zero_()
             strategy.start_epoch(epoch)
+            engine.objective.start_epoch(epoch)
             train_loader.set_epoch(epoch, first_step)
             model.train()
             # Quiet when the output goes to a file or a pipe: a log keeps the per-epoch rows only.

@@ -9,6 +9,8 @@ import torch
 from fastsglr.kernels import PLAIN_OPS
 
 from ..attacks import pgd
+from ..awp import add_to_weights
+from ..distributed import unwrap
 from ..metrics import total_grad_norm
 from ..objectives import objective_loss
 
@@ -31,8 +33,8 @@ def train_step(model, optimizer, strategy, objective, batch, meter, step, *, ops
     unscaled before their norm and the update, which is skipped when they overflowed.
     """
     with _autocast(batch.images, autocast_dtype):
-        loss, logits_adv, logits_clean = objective_loss(model, batch.images, batch.labels, batch.index, strategy,
-                                                        objective, ops)
+        loss, logits_adv, logits_clean, awp_diff = objective_loss(model, batch.images, batch.labels, batch.index,
+                                                                  strategy, objective, ops)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -45,6 +47,8 @@ def train_step(model, optimizer, strategy, objective, batch, meter, step, *, ops
     else:
         scaler.step(optimizer)
         scaler.update()
+    if awp_diff is not None:  # AWP's restore: the update stays, the perturbation goes
+        add_to_weights(unwrap(model), awp_diff, -1.0)
     meter.update(loss, logits_adv, logits_clean, batch.labels, batch.clean_labels, grad_norm, step)
     return loss.detach()
 
