@@ -100,8 +100,9 @@ def _trades(model, x, labels, index, strategy, objective, ops):
     """TRADES: label term on the clean logits + beta * KL(f(x) || f(x_adv)) with batchmean reduction.
 
     The attack runs in the objective's ``attack_bn_mode``; then AWP's proxy step if on (train mode, weights perturbed);
-    then, in train mode and with grad, the clean forward and after it the adversarial one. TRADES' own code runs the clean forward twice (once for CE, once for the KL
-    target); one forward feeds both here, so BN running statistics see the clean batch once instead of twice.
+    then, in train mode and with grad, the clean forward and after it the adversarial one. TRADES' own code runs the
+    clean forward twice (once for CE, once for the KL target); one forward feeds both here, so BN running statistics
+    see the clean batch once instead of twice.
     """
     model.train(objective.attack_bn_mode == "train")
     x_adv = trades_attack(unwrap(model), x, eps=objective.eps, step_size=objective.step_size,

@@ -156,8 +156,8 @@ def test_digits_demo_with_awp_and_sglr_trains(digits_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", digits_dir, "--out", str(out), "--preset", "demo", "--epochs", "2",
                  "--eval-subset", "120", "--device", "cpu", "--labels", "sglr", "--awp-gamma", "0.01"]) == 0
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["train_adv_acc"] > rows[0]["train_adv_acc"]  # it learns: robust training accuracy rises ...
     assert rows[-1]["test_clean_acc"] > 30 and rows[-1]["test_pgd_acc"] > 15  # ... and generalises above chance (10%)
-    assert json.load(open(out / "config.json"))["awp_gamma"] == 0.01
+    assert json.loads((out / "config.json").read_text())["awp_gamma"] == 0.01
