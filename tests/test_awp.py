@@ -131,7 +131,9 @@ def test_warmup_and_gamma_zero_are_bit_identical_to_no_awp():
 
 @pytest.mark.parametrize("method,labels", [("pgd-at", "hard"), ("trades", "sglr")])
 def test_compiled_fast_engine_matches_reference_with_awp(method, labels):
-    cfg = dataclasses.replace(CFG, method=method, labels=labels, sglr_warmup=0)
+    # No sign steps: compiled and eager input gradients differ by rounding, which flips a sign now and then (TRADES'
+    # near-zero KL gradient at its 0.001-noise start does for some seeds with or without AWP); this compares AWP.
+    cfg = dataclasses.replace(CFG, method=method, labels=labels, sglr_warmup=0, attack_steps=0)
     seed = int(torch.randint(0, 10_000, ()))
     reference, _, _ = one_step(cfg, seed)
     fast, _, _ = one_step(cfg, seed, engine="fast")
