@@ -97,17 +97,24 @@ def pgd(model, x: Tensor, labels: Tensor, *, eps, step_size, steps: int, loss: s
     return x_adv.detach()
 
 
-def trades_attack(model, x: Tensor, *, eps, step_size, steps: int, ops=PLAIN_OPS) -> Tensor:
-    """The TRADES inner maximisation: sign steps maximising the summed KL(softmax(f(x)) || softmax(f(x_adv))),
-    i.e. TRADES' ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``.
+TRADES_STARTS = ("gaussian", "uniform")
 
-    As in TRADES, the start is x + 0.001 * N(0, 1) and f(x) is a constant computed once. Unlike TRADES, the start is
-    clipped to the ball and [0, 1] too, so the result is a valid image even with zero steps.
+
+def trades_attack(model, x: Tensor, *, eps, step_size, steps: int, start: str = "gaussian", ops=PLAIN_OPS) -> Tensor:
+    """The TRADES inner maximisation: sign steps maximising the summed KL(softmax(f(x)) || softmax(f(x_adv))),
+    i.e. TRADES' ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``; f(x) is a constant computed once.
+
+    ``start``: gaussian, x + 0.001 * N(0, 1) as in TRADES' ``trades.py``; uniform, uniform in the eps-ball as PGD's,
+    as the authors' TRADES+SGLS does (their repository ships it only as a .pyc). Unlike TRADES, the gaussian start
+    is clipped to the ball and [0, 1] too, so the result is a valid image even with zero steps.
     """
+    if start not in TRADES_STARTS:
+        raise UsageError(f"unknown TRADES attack start '{start}': choose one of {', '.join(TRADES_STARTS)}")
     x = x.detach()
     with torch.no_grad():
         p_clean = torch.softmax(model(x).float(), dim=1)
-    x_adv = project(x + 0.001 * torch.randn_like(x), x, eps)
+    noisy = x + 0.001 * torch.randn_like(x) if start == "gaussian" else uniform_start(x, eps)
+    x_adv = project(noisy, x, eps)
 
     def kl_to_clean(logits):
         return F.kl_div(torch.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")

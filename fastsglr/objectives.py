@@ -31,6 +31,7 @@ class Objective:
     eps: Tensor
     step_size: Tensor
     trades_beta: Tensor
+    trades_start: str                  # TRADES' attack start (attacks.trades_attack): uniform for TRADES + SGLR
     awp: bool = False                  # AWP (awp.py) on: its proxy step is part of the graph
     awp_warmup: int = 0
     awp_gamma: Tensor = None           # 0 before epoch awp_warmup (start_epoch), the config's gamma from then on
@@ -48,8 +49,9 @@ class Objective:
         eps, step_size, beta = (torch.tensor(v, dtype=torch.float64, device=device)
                                 for v in (cfg.eps, cfg.step_size, cfg.trades_beta))
         gamma = torch.tensor(cfg.awp_gamma, dtype=torch.float64, device=device)
-        return cls(cfg.method, cfg.attack_bn_mode, cfg.attack_steps, eps, step_size, beta, cfg.awp_gamma > 0,
-                   cfg.awp_warmup, gamma, cfg.awp_gamma)
+        return cls(cfg.method, cfg.attack_bn_mode, cfg.attack_steps, eps, step_size, beta,
+                   "uniform" if cfg.labels == "sglr" else "gaussian", cfg.awp_gamma > 0, cfg.awp_warmup, gamma,
+                   cfg.awp_gamma)
 
 
 def _perturb_weights(inner, x, x_adv, labels, objective):
@@ -99,14 +101,15 @@ def _pgd_at(model, x, labels, index, strategy, objective, ops):
 def _trades(model, x, labels, index, strategy, objective, ops):
     """TRADES: label term on the clean logits + beta * KL(f(x) || f(x_adv)) with batchmean reduction.
 
-    The attack runs in the objective's ``attack_bn_mode``; then AWP's proxy step if on (train mode, weights perturbed);
-    then, in train mode and with grad, the clean forward and after it the adversarial one. TRADES' own code runs the
-    clean forward twice (once for CE, once for the KL target); one forward feeds both here, so BN running statistics
-    see the clean batch once instead of twice.
+    The attack runs in the objective's ``attack_bn_mode`` from its ``trades_start`` (uniform in the eps-ball for
+    TRADES + SGLR, as the authors' TRADES+SGLS; TRADES' 0.001 * N(0, 1) otherwise); then AWP's proxy step if on
+    (train mode, weights perturbed); then, in train mode and with grad, the clean forward and after it the
+    adversarial one. TRADES' own code runs the clean forward twice (once for CE, once for the KL target); one forward
+    feeds both here, so BN running statistics see the clean batch once instead of twice.
     """
     model.train(objective.attack_bn_mode == "train")
     x_adv = trades_attack(unwrap(model), x, eps=objective.eps, step_size=objective.step_size,
-                          steps=objective.attack_steps, ops=ops)
+                          steps=objective.attack_steps, start=objective.trades_start, ops=ops)
     model.train()
     awp_diff = _perturb_weights(unwrap(model), x, x_adv, labels, objective)
     logits_clean = model(x)

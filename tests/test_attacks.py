@@ -278,3 +278,26 @@ def test_eager_attack_is_bit_identical_to_autograd_grad(attack, bn_train):
         assert torch.equal(got, want)
         assert all(torch.equal(a, b) for a, b in zip(got_buffers, want_buffers))
     assert bn_train == (results[0][1][2].item() == 3 + (attack == "trades"))  # train mode: one update per forward
+
+
+# ---- Starts and extra terms: TRADES' two starts, PGD-AT + TE's objective ------------------------------------------
+
+def test_trades_starts_gaussian_by_default_and_uniform_on_request():
+    """Zero steps return the start itself: gaussian x + 0.001 N(0, 1) (std 0.001, mean 0), or uniform in the eps-ball
+    (|delta| / eps uniform on [0, 1]: mean 1/2, variance 1/12), both clipped to [0, 1]. The wrong name is refused."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.full((64, 3, 8, 8), 0.5) + torch.rand(64, 3, 8, 8, generator=gen) * 0.1
+    edges = images_with_edges(64, (3, 8, 8), gen)
+    model = tiny_bn_net().eval()
+    torch.manual_seed(4)
+    gaussian = trades_attack(model, x, eps=EPS, step_size=EPS, steps=0) - x
+    assert abs(gaussian.std().item() - 0.001) < 0.00005 and abs(gaussian.mean().item()) < 0.00005
+    torch.manual_seed(4)
+    uniform = (trades_attack(model, x, eps=EPS, step_size=EPS, steps=0, start="uniform") - x) / EPS
+    assert uniform.abs().max() <= 1 + 1e-5
+    assert abs(uniform.mean()) < 0.02 and abs(uniform.abs().mean() - 0.5) < 0.02
+    assert abs(uniform.abs().var() - 1 / 12) < 0.005  # not a gaussian: its |.| variance would be 1 - 2 / pi
+    for start in ("gaussian", "uniform"):
+        assert_feasible(trades_attack(model, edges, eps=EPS, step_size=EPS, steps=0, start=start), edges, EPS)
+    with pytest.raises(UsageError, match="unknown TRADES attack start"):
+        trades_attack(model, x, eps=EPS, step_size=EPS, steps=0, start="zero")

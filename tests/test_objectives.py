@@ -155,7 +155,9 @@ def test_trades_loss_matches_float64_formula(labels):
 
     manual.eval()
     torch.manual_seed(7)
-    x_adv = trades_attack(manual, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps)
+    # The attack starts uniformly in the eps-ball for TRADES + SGLR (the authors' TRADES+SGLS), else as TRADES.
+    start = "uniform" if labels == "sglr" else "gaussian"
+    x_adv = trades_attack(manual, x, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, start=start)
     manual.train()
     expected_clean, expected_adv = manual(x), manual(x_adv)
     torch.testing.assert_close(logits_clean, expected_clean, atol=1e-6, rtol=1e-6)
@@ -179,6 +181,12 @@ def test_trades_loss_matches_float64_formula(labels):
     got_grads = torch.autograd.grad(loss, [logits_clean, logits_adv])
     for got, want in zip(got_grads, torch.autograd.grad(expected, [zc, za])):
         torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+
+
+def test_only_trades_sglr_starts_its_attack_uniformly():
+    starts = {labels: Objective.from_config(cfg_for(method="trades", labels=labels), "cpu").trades_start
+              for labels in ("hard", "ls", "te", "sglr")}
+    assert starts == {"hard": "gaussian", "ls": "gaussian", "te": "gaussian", "sglr": "uniform"}
 
 
 def test_unknown_method_is_a_usage_error():
