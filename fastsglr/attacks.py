@@ -81,18 +81,25 @@ def _attack_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
 
 
 def pgd(model, x: Tensor, labels: Tensor, *, eps, step_size, steps: int, loss: str = "ce", random_start: bool = True,
-        ops=PLAIN_OPS) -> Tensor:
+        extra=None, ops=PLAIN_OPS) -> Tensor:
     """l-inf PGD (Madry et al.) maximising CE or the CW margin; returns the detached adversarial batch.
 
-    The start is uniform in the eps-ball (clipped to [0, 1]) when ``random_start``, else x itself. ``ops``: the op
-    set whose ``pgd_step`` moves the batch (the plain definitions unless an engine passes its own).
+    The start is uniform in the eps-ball (clipped to [0, 1]) when ``random_start``, else x itself. ``extra``: None, or
+    a function of the logits (summed over the batch) added to the maximised loss (a label strategy's
+    ``attack_term``). ``ops``: the op set whose ``pgd_step`` moves the batch (the plain definitions unless an engine
+    passes its own).
     """
     if loss not in ATTACK_LOSSES:
         raise UsageError(f"unknown attack loss '{loss}': choose one of {', '.join(ATTACK_LOSSES)}")
     x = x.detach()
     x_adv = project(uniform_start(x, eps), x, eps) if random_start else x.clone()
+
+    def objective(logits):
+        value = _attack_loss(logits, labels, loss)
+        return value if extra is None else value + extra(logits)
+
     for _ in range(steps):
-        grad = input_gradient(model, lambda logits: _attack_loss(logits, labels, loss), x_adv)
+        grad = input_gradient(model, objective, x_adv)
         x_adv = ops.pgd_step(x_adv.detach(), x, grad, step_size, eps)
     return x_adv.detach()
 

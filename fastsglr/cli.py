@@ -75,8 +75,9 @@ _TRAIN_FLAGS = [
     ("--lam", "lam", float, "SGLR: weight of the clean prediction in the refined label (0.2)"),
     ("--ema-init", "ema_init", str, "SGLR table start: onehot | zeros"),
     ("--sglr-warmup", "sglr_warmup", int, "SGLR: hard-label epochs before refinement starts"),
-    ("--te-weight", "te_weight", float, "TE: weight of the consistency term"),
-    ("--te-rampup", "te_rampup", int, "TE: epochs of sigmoid ramp-up of the weight"),
+    ("--te-weight", "te_weight", float, "TE: weight of the consistency term (a mean over batch x classes)"),
+    ("--te-start", "te_start", float, "TE: fraction of the epochs before which the weight is 0, the table frozen"),
+    ("--te-end", "te_end", float, "TE: fraction of the epochs where the weight's ramp-up ends"),
     ("--eval-every", "eval_every", int, "evaluate every K epochs and the last one (default 1: every epoch, which "
                                         "the paper's best checkpoint needs)"),
     ("--eval-subset", "eval_subset", int, "evaluate each epoch on a fixed seeded subset of N test images"),

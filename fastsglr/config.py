@@ -55,8 +55,10 @@ class Config:
     lam: float = 0.2                   # SGLR: weight of the clean prediction in f~
     ema_init: str = "onehot"           # SGLR table start: onehot (released code) | zeros (Algorithm 1)
     sglr_warmup: int = 0               # SGLR: epochs of hard-label training before refinement starts
-    te_weight: float = 30.0            # TE: weight w of ||softmax(z_adv) - p_i||^2
-    te_rampup: int = 0                 # TE: epochs of the sigmoid ramp-up of w (0 = use the value set below)
+    te_weight: float = 300.0           # TE: weight w of the mean over batch x classes of (softmax(z) - p^_i)^2
+    te_start: float = 0.45             # TE: fraction of the epochs before which w = 0 and the table is frozen
+    te_end: float = 0.75               # TE: fraction of the epochs where w's sigmoid ramp-up reaches te_weight
+                                       # (Dong et al.'s train_te.py: 300, epochs 90 and 150 of 200)
 
     # --- optimisation (the paper's: SGD 0.9, wd 5e-4, lr 0.1, batch 128, 200 epochs, x0.1 at 100 and 150) ---
     epochs: int = 200
@@ -197,7 +199,8 @@ def validate(cfg: Config) -> Config:
     check_range("lam", cfg.lam, 0, 1)
     check_range("sglr_warmup", cfg.sglr_warmup, 0, 1_000_000)
     check_range("te_weight", cfg.te_weight, 0, 1e6)
-    check_range("te_rampup", cfg.te_rampup, 0, 1_000_000)
+    check_range("te_start", cfg.te_start, 0, 1)
+    check_range("te_end", cfg.te_end, 0, 1)
     check_range("awp_gamma", cfg.awp_gamma, 0, 1)
     check_range("awp_warmup", cfg.awp_warmup, 0, 1_000_000)
     check_range("epochs", cfg.epochs, 1, 1_000_000)

@@ -48,6 +48,11 @@ class LabelStrategy(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Apply the host-side settings of ``epoch`` (0-based). Nothing to do by default."""
 
+    def attack_term(self, logits_clean: Tensor, index: Tensor):
+        """What PGD-AT's training attack maximises besides CE: a function of the logits, summed over the batch, or
+        None (plain CE). Called before the attack with the eval-mode clean logits, for strategies that do not
+        ``needs_clean_logits``."""
+
     def sample_tables(self) -> list:
         """The per-sample tables (N x K, indexed by ``index``) that ranks keep in sync under torchrun."""
         return []
@@ -84,57 +89,84 @@ class LabelSmoothing(LabelStrategy):
 
 
 class TemporalEnsembling(LabelStrategy):
-    """Temporal ensembling for AT (Dong et al., "Exploring Memorization in Adversarial Training", ICLR 2022).
+    """Temporal ensembling for AT (Dong et al., "Exploring Memorization in Adversarial Training", ICLR 2022), as
+    their released code runs it (dongyp13/memorization-AT, ``train_te.py`` and ``loss.py``, class ``PGD_TE``).
 
         p_i   <- m * p_i + (1 - m) * softmax(z_clean_i)           (EMA table ``ensemble``, N x K)
         p^_i   = p_i / sum_k p_ik                                 (bias correction)
-        loss   = CE(z, y) + w(epoch) * mean_i ||softmax(z_i) - p^_i||^2,   z = the logits named by ce_on
+        loss   = CE(z, y) + w(e) * mean_{i,k} (softmax(z_i) - p^_i)_k^2,   z = the logits named by ce_on
 
-    Details follow the authors' released code (dongyp13/memorization-AT, ``loss.py``, ``train_te.py``):
-    - The table starts at zeros and each batch updates its rows BEFORE they are used (update-then-use).
-    - Bias correction by dividing a row by its sum: with zero init a row sums to 1 - m^t after t updates, so this
-      equals Laine & Aila's 1 / (1 - m^t) correction without a per-sample counter.
+    - Epochs are counted from 1 as theirs (``train_te.py`` l. 266): epoch e of theirs is our 0-based e - 1.
+    - w(e) = 0 for e < start, te_weight * exp(-5 (1 - (e - start) / (end - start))^2) for start <= e < end, and
+      te_weight from e = end on (``sigmoid_rampup``, ``train_te.py`` l. 212-221, 268-269; with end <= start a step
+      at start). start and end are the fractions ``te_start``, ``te_end`` of the run's epochs, rounded: 90 and 150
+      of 200 as their ``--start-es`` / ``--end-es`` (l. 70, 72).
+    - The mean runs over batch x classes, so the default weight 300 is their ``--reg-weight`` (l. 74; ``loss.py``
+      l. 101, 122), and the term's size relative to CE shrinks as K grows.
+    - The table starts at zeros (``loss.py`` l. 73), is frozen before epoch start and, from it on, each batch updates
+      its rows BEFORE they are used (l. 86-89). Frozen is a 0/1 device tensor (``updating``) choosing between the
+      updated and the old rows, so one compiled graph serves every epoch; before start the target comes from the
+      would-be rows (a finite number: the zero table would divide 0 by 0) and w = 0 cancels it.
+    - Bias correction by dividing a row by its sum (l. 89): a row sums to 1 - m^t after t updates, Laine & Aila's
+      1 / (1 - m^t) without a per-sample counter.
     - The ensembled predictions are of the CLEAN input. For PGD-AT they come from the eval-mode clean forward the
-      objective runs anyway, before the attack, exactly as in the released code. For TRADES they are TRADES' own
-      train-mode clean logits (the released TRADES_TE runs one more, eval-mode, clean forward for them).
+      objective runs anyway, before the attack, as in ``loss.py`` l. 82-84. For TRADES they are TRADES' own
+      train-mode clean logits (their ``TRADES_TE`` runs one more, eval-mode, clean forward for them, l. 23-25).
     - The target is a constant (detached); the consistency term pulls on z only. For TRADES it is applied to the
-      clean logits, as in the released TRADES_TE.
-    - ``mean_i ||.||^2`` sums over classes and averages over the batch. The released code averages over
-      batch x classes with weight 300, which equals w = 30 here for K = 10 (and w = 3 for K = 100).
-    - w(epoch) = te_weight * exp(-5 (1 - epoch / te_rampup)^2) for epoch < te_rampup, else te_weight (Laine & Aila's
-      sigmoid ramp-up). The released code instead keeps w = 0 and the table frozen before epoch 90 and ramps up
-      over epochs 90-150; here the table updates from the first epoch.
-    - The released attack also maximises the consistency term; here the training attack stays plain PGD-CE.
+      clean logits, as in their ``TRADES_TE`` (l. 64).
+    - PGD-AT's training attack maximises CE + w * the consistency term of the adversarial logits (``loss.py``
+      l. 100-101; ``attack_term``). TRADES' attack stays TRADES' KL.
     """
 
-    def __init__(self, num_train: int, num_classes: int, momentum: float, weight: float, rampup: int):
+    def __init__(self, num_train: int, num_classes: int, momentum: float, weight: float, start: int, end: int):
         super().__init__()
-        self.max_weight, self.rampup = weight, rampup
+        self.max_weight, self.start, self.end = weight, start, end
         self.register_number("momentum", momentum)
         self.register_buffer("ensemble", torch.zeros(num_train, num_classes))
-        # A device tensor, not a Python float: a compiled step reads it instead of recompiling every epoch.
+        # Device tensors, not Python numbers: a compiled step reads them instead of recompiling every epoch.
         self.register_buffer("consistency_weight", torch.tensor(self.weight_at(0)), persistent=False)
+        self.register_buffer("updating", torch.tensor(self.updates_at(0)), persistent=False)
+
+    def updates_at(self, epoch: int) -> bool:
+        """Does the table update in ``epoch`` (0-based)? From the authors' epoch ``start`` on."""
+        return epoch + 1 >= self.start
 
     def weight_at(self, epoch: int) -> float:
-        """The ramped-up consistency weight w(epoch)."""
-        if epoch >= self.rampup:
+        """The ramped-up consistency weight w of ``epoch`` (0-based)."""
+        e = epoch + 1
+        if e < self.start:
+            return 0.0
+        if e >= self.end:
             return self.max_weight
-        return self.max_weight * math.exp(-5.0 * (1.0 - epoch / self.rampup) ** 2)
+        return self.max_weight * math.exp(-5.0 * (1.0 - (e - self.start) / (self.end - self.start)) ** 2)
 
     def start_epoch(self, epoch: int) -> None:
         self.consistency_weight.fill_(self.weight_at(epoch))
+        self.updating.fill_(self.updates_at(epoch))
 
     def sample_tables(self) -> list:
         return [self.ensemble]
 
+    def _rows(self, logits_clean: Tensor, index: Tensor) -> Tensor:
+        """The batch's table rows after this step's update."""
+        prob = torch.softmax(logits_clean.detach().float(), dim=1)
+        return self.momentum * self.ensemble[index] + (1 - self.momentum) * prob
+
+    def _consistency(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Per-sample mean over classes of (softmax(z) - p^)^2."""
+        return (torch.softmax(logits.float(), dim=1) - target).square().mean(dim=1)
+
+    def attack_term(self, logits_clean, index):
+        rows = self._rows(logits_clean, index)
+        target = rows / rows.sum(dim=1, keepdim=True)
+        return lambda logits: self.consistency_weight * self._consistency(logits, target).sum()
+
     def loss(self, logits_adv, logits_clean, labels, index, ce_on="adv", ops=PLAIN_OPS):
         z = _ce_logits(logits_adv, logits_clean, ce_on).float()
-        prob = torch.softmax(logits_clean.detach().float(), dim=1)
-        rows = self.momentum * self.ensemble[index] + (1 - self.momentum) * prob
-        self.ensemble[index] = rows
+        rows = self._rows(logits_clean, index)
+        self.ensemble[index] = torch.where(self.updating, rows, self.ensemble[index])
         target = rows / rows.sum(dim=1, keepdim=True)
-        consistency = (torch.softmax(z, dim=1) - target).square().sum(dim=1).mean()
-        return F.cross_entropy(z, labels) + self.consistency_weight * consistency
+        return F.cross_entropy(z, labels) + self.consistency_weight * self._consistency(z, target).mean()
 
 
 class SelfGuidedLabelRefinement(LabelStrategy):
@@ -197,7 +229,8 @@ def build_label_strategy(cfg, train_labels: Tensor, num_classes: int) -> LabelSt
     elif cfg.labels == "ls":
         strategy = LabelSmoothing(num_classes, cfg.r)
     elif cfg.labels == "te":
-        strategy = TemporalEnsembling(len(train_labels), num_classes, cfg.ema_momentum, cfg.te_weight, cfg.te_rampup)
+        strategy = TemporalEnsembling(len(train_labels), num_classes, cfg.ema_momentum, cfg.te_weight,
+                                      round(cfg.te_start * cfg.epochs), round(cfg.te_end * cfg.epochs))
     elif cfg.labels == "sglr":
         strategy = SelfGuidedLabelRefinement(train_labels, num_classes, cfg.r, cfg.temperature, cfg.ema_momentum,
                                              cfg.lam, cfg.ema_init, cfg.sglr_warmup)

@@ -72,7 +72,8 @@ def _pgd_at(model, x, labels, index, strategy, objective, ops):
        attack. It never touches BN running statistics, so hard labels stay exactly Madry's PGD-AT; its logits give
        the clean training accuracy and TE's ensembled predictions (Dong et al.'s code also takes them in eval mode
        before the attack).
-    2. The attack, in the objective's ``attack_bn_mode``.
+    2. The attack, in the objective's ``attack_bn_mode``, maximising CE plus the strategy's ``attack_term`` (TE's
+       consistency term).
     3. AWP, if on: the proxy step in train mode (no BN statistics touched) and the weights perturbed.
     4. The adversarial forward in train mode, with grad.
     5. If the strategy needs them (SGLR after warm-up): a no-grad clean forward in TRAIN mode, AFTER the adversarial
@@ -81,13 +82,15 @@ def _pgd_at(model, x, labels, index, strategy, objective, ops):
     Under DDP only the forward with grad (3) goes through the DDP wrapper; the others run on the module inside it.
     """
     inner = unwrap(model)
+    extra = None
     if not strategy.needs_clean_logits:
         model.eval()
         with torch.no_grad():
             logits_clean = inner(x)
+        extra = strategy.attack_term(logits_clean, index)
     model.train(objective.attack_bn_mode == "train")
     x_adv = pgd(inner, x, labels, eps=objective.eps, step_size=objective.step_size, steps=objective.attack_steps,
-                ops=ops)
+                extra=extra, ops=ops)
     model.train()
     awp_diff = _perturb_weights(inner, x, x_adv, labels, objective)
     logits_adv = model(x_adv)

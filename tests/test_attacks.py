@@ -301,3 +301,30 @@ def test_trades_starts_gaussian_by_default_and_uniform_on_request():
         assert_feasible(trades_attack(model, edges, eps=EPS, step_size=EPS, steps=0, start=start), edges, EPS)
     with pytest.raises(UsageError, match="unknown TRADES attack start"):
         trades_attack(model, x, eps=EPS, step_size=EPS, steps=0, start="zero")
+
+
+def test_pgd_step_with_an_extra_term_follows_float64_gradient_of_ce_plus_term():
+    """One PGD step from x maximising CE + extra (PGD-AT + TE's consistency term, Dong et al.'s loss.py PGD_TE)
+    moves each pixel by the sign of the float64 autograd gradient of mean CE + w * mean_{batch x classes}
+    (softmax - target)^2, their objective (the attack's sums are B times it: the same signs)."""
+    gen = torch.Generator().manual_seed(22)
+    shape, k, w = (2, 5, 5), 4, 300.0
+    model = linear_model(k, shape, gen)
+    x, y = torch.rand((16, *shape), generator=gen), torch.randint(0, k, (16,), generator=gen)
+    target = torch.softmax(torch.randn(16, k, generator=gen), 1)
+
+    def extra(logits):
+        return w * (torch.softmax(logits.float(), 1) - target).square().mean(1).sum()
+
+    x_adv = pgd(model, x, y, eps=EPS, step_size=EPS / 2, steps=1, random_start=False, extra=extra)
+    model64 = linear_model(k, shape, gen).double()
+    model64.load_state_dict({n: p.double() for n, p in model.state_dict().items()})
+    x64 = x.double().requires_grad_(True)
+    z = model64(x64)
+    objective = nn.functional.cross_entropy(z, y) + w * ((torch.softmax(z, 1) - target.double()) ** 2).mean()
+    (grad,) = torch.autograd.grad(objective, x64)
+    (ce_grad,) = torch.autograd.grad(nn.functional.cross_entropy(model64(x64), y), x64)
+    clear = grad.abs() > 1e-6 * grad.abs().max()
+    want = (x.double() + EPS / 2 * grad.sign()).clamp(0, 1)
+    torch.testing.assert_close(x_adv.double()[clear], want[clear], rtol=0, atol=1e-6)
+    assert (grad.sign() != ce_grad.sign()).float().mean() > 0.1  # the term changes the step: it was not dropped

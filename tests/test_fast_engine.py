@@ -178,9 +178,33 @@ CONFIGS = [dict(method="pgd-at", labels="sglr", r=r, temperature=t, ema_momentum
                                       (0.4, 2.0, 0.8, 0.5, 8 / 255, 2 / 255), (0.6, 1.0, 0.5, 0.0, 16 / 255, 8 / 255),
                                       (0.8, 1.5, 0.95, 1.0, 24 / 255, 4 / 255), (1.0, 2.0, 0.9, 0.2, 4 / 255, 1 / 255),
                                       (0.2, 0.5, 0.7, 0.3, 16 / 255, 3 / 255), (0.3, 3.0, 0.0, 0.7, 12 / 255, 6 / 255))]
-CONFIGS += [dict(method="trades", labels="te", trades_beta=beta, ema_momentum=m, te_weight=w, eps=e, step_size=s)
-            for beta, m, w, e, s in ((6.0, 0.9, 30.0, 16 / 255, 4 / 255), (1.0, 0.7, 3.0, 8 / 255, 2 / 255),
-                                     (3.0, 0.99, 300.0, 20 / 255, 5 / 255), (12.0, 0.5, 0.3, 4 / 255, 1 / 255))]
+CONFIGS += [dict(method="trades", labels="te", trades_beta=beta, ema_momentum=m, te_weight=w, eps=e, step_size=s,
+                 te_start=0.0, te_end=0.0)  # full weight from the first epoch: the weight takes effect
+            for beta, m, w, e, s in ((6.0, 0.9, 300.0, 16 / 255, 4 / 255), (1.0, 0.7, 30.0, 8 / 255, 2 / 255),
+                                     (3.0, 0.99, 3000.0, 20 / 255, 5 / 255), (12.0, 0.5, 3.0, 4 / 255, 1 / 255))]
+
+
+def test_compiled_pgd_at_te_is_one_graph_across_its_frozen_and_active_epochs():
+    """PGD-AT + TE (the attack maximises CE + w * consistency) over a frozen epoch (w 0, table untouched) and an
+    active one (w 300): one compiled graph for both, matching the reference engine's losses, weights and table."""
+    from torch._dynamo.utils import counters
+
+    cfg = dataclasses.replace(CFG, labels="te", epochs=4, te_start=0.5, te_end=0.5)  # authors' epochs 1 | 2, 3, 4
+    _, batches = make_data("cpu", 2, seed=9)
+    ref, fast = make_run("cpu", cfg), make_run("cpu", cfg, FastOptions(compile=True), engine="fast")
+    torch._dynamo.reset()
+    counters.clear()
+    frozen = make_run("cpu", cfg)
+    train(frozen, batches, epochs=1)
+    assert frozen[1].ensemble.abs().sum() == 0 and float(frozen[1].consistency_weight) == 0.0
+    ref_out, fast_out = train(ref, batches, epochs=2), train(fast, batches, epochs=2)
+    assert ref[1].ensemble.abs().sum() > 0 and float(ref[1].consistency_weight) == 300.0
+    torch.testing.assert_close(fast_out[0], ref_out[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast[1].ensemble, ref[1].ensemble, rtol=1e-5, atol=1e-6)
+    for (name, want), got in zip(ref[0].state_dict().items(), fast[0].state_dict().values()):
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert fast[3].train_fn.fullgraph
 
 
 def test_many_configurations_in_one_process_compile_once_per_structure():

@@ -197,32 +197,56 @@ def test_hard_and_ls_targets(ce_on):
         assert abs(ls.loss(z_adv, z_clean, y, index, ce_on=ce_on).item() - expected.item()) < 1e-6
 
 
-def te_reference(steps, labels_all, momentum, weight, rampup, ce_on):
-    """Float64 TE: zero-initialised EMA of clean softmax, update-then-use, bias-corrected by the row sum."""
+def dong_weight(e, start, end, weight):
+    """``sigmoid_rampup`` of Dong et al.'s train_te.py times --reg-weight, at their 1-based epoch e."""
+    if e < start:
+        return 0.0
+    if e >= end:
+        return weight
+    return weight * math.exp(-5 * (1 - (e - start) / (end - start)) ** 2)
+
+
+def test_te_weight_schedule_is_dong_et_al_sigmoid_ramp_scaled_with_the_epochs():
+    labels_all = train_labels()
+    for epochs, start, end in ((200, 90, 150), (20, 9, 15), (40, 18, 30)):
+        strategy = build_label_strategy(Config(labels="te", epochs=epochs), labels_all, K)
+        for epoch in range(epochs):
+            strategy.start_epoch(epoch)
+            want = dong_weight(epoch + 1, start, end, 300.0)
+            assert abs(float(strategy.consistency_weight) - want) <= 1e-6 * want
+            assert bool(strategy.updating) == (epoch + 1 >= start)
+    assert abs(dong_weight(120, 90, 150, 300.0) - 300 * math.exp(-5 * 0.25)) < 1e-12  # half-way: e^-1.25
+
+
+def te_reference(steps, labels_all, momentum, weight, start, end, ce_on):
+    """Float64 TE as Dong et al.'s PGD_TE: table frozen and no term before epoch start, then update-then-use EMA
+    of clean softmax bias-corrected by the row sum, consistency a mean over batch x classes."""
     ensemble = torch.zeros(N, K, dtype=torch.float64)
     losses = []
     for epoch, index, z_adv, z_clean in steps:
-        w = weight if epoch >= rampup else weight * math.exp(-5 * (1 - epoch / rampup) ** 2)
+        e = epoch + 1
+        w = dong_weight(e, start, end, weight)
         z = (z_adv if ce_on == "adv" else z_clean).double()
         total = 0.0
         for b in range(B):
             i, y = int(index[b]), int(labels_all[index[b]])
-            ensemble[i] = momentum * ensemble[i] + (1 - momentum) * softmax64(z_clean[b].double())
-            target = ensemble[i] / ensemble[i].sum()
-            total += -log_softmax64(z[b])[y] + w * ((softmax64(z[b]) - target) ** 2).sum()
+            total += -log_softmax64(z[b])[y]
+            if e >= start:
+                ensemble[i] = momentum * ensemble[i] + (1 - momentum) * softmax64(z_clean[b].double())
+                target = ensemble[i] / ensemble[i].sum()
+                total += w * ((softmax64(z[b]) - target) ** 2).mean()
         losses.append(total / B)
     return ensemble, losses
 
 
-@pytest.mark.parametrize("rampup", [0, 2])
+@pytest.mark.parametrize("start,end", [(1, 3), (2, 3), (3, 2)])
 @pytest.mark.parametrize("ce_on", ["adv", "clean"])
-def test_te_dynamics_match_float64_loop(ce_on, rampup):
+def test_te_dynamics_match_float64_loop(ce_on, start, end):
     labels_all = train_labels()
-    cfg = Config(labels="te", ema_momentum=0.8, te_weight=30.0, te_rampup=rampup)
-    strategy = build_label_strategy(cfg, labels_all, K)
-    assert isinstance(strategy, TemporalEnsembling) and not strategy.needs_clean_logits
-    steps = schedule(seed=61 + rampup)
-    ref_table, ref_losses = te_reference(steps, labels_all, 0.8, 30.0, rampup, ce_on)
+    strategy = TemporalEnsembling(N, K, 0.8, 300.0, start, end)
+    assert not strategy.needs_clean_logits
+    steps = schedule(seed=61 + start)
+    ref_table, ref_losses = te_reference(steps, labels_all, 0.8, 300.0, start, end, ce_on)
     epoch_seen = -1
     for (epoch, index, z_adv, z_clean), ref_loss in zip(steps, ref_losses):
         if epoch != epoch_seen:
@@ -233,14 +257,42 @@ def test_te_dynamics_match_float64_loop(ce_on, rampup):
         assert abs(loss.item() - ref_loss.item()) < 1e-5 * max(1.0, abs(ref_loss.item()))
         loss.backward()
         assert no_grad_reached(z_adv if ce_on == "clean" else z_clean)  # the target is a constant
+        if epoch + 1 < start:
+            assert (strategy.ensemble == 0).all()  # frozen before the start
     torch.testing.assert_close(strategy.ensemble.double(), ref_table, atol=1e-6, rtol=1e-6)
-    assert (strategy.ensemble[VISITED:] == 0).all()
+    assert (strategy.ensemble[VISITED:] == 0).all() and strategy.ensemble.abs().sum() > 0
+
+
+def test_te_attack_term_gradient_matches_float64_autograd():
+    """The term PGD-AT + TE's attack adds to CE: its gradient in the logits equals the float64 autograd of
+    w * sum_i mean_k (softmax(z_i) - p^_i)^2 (Dong et al.'s w * mean over batch x classes, times B like the summed
+    attack CE), with p^ from the table after this step's update."""
+    labels_all = train_labels()
+    strategy = TemporalEnsembling(N, K, 0.7, 300.0, 1, 3)
+    for epoch, index, z_adv, z_clean in schedule(seed=81)[:6]:  # fill the table over some steps
+        strategy.start_epoch(epoch)
+        strategy.loss(z_adv, z_clean, labels_all[index], index)
+    strategy.start_epoch(1)
+    index, z_adv, z_clean = random_batch(83)
+    rows = 0.7 * strategy.ensemble[index].double() + 0.3 * torch.softmax(z_clean.double(), 1)
+    target = rows / rows.sum(1, keepdim=True)
+    w = dong_weight(2, 1, 3, 300.0)
+    table_before = strategy.ensemble.clone()
+    term = strategy.attack_term(z_clean, index)
+    z = z_adv.detach().clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(term(z), z)
+    z64 = z_adv.detach().double().requires_grad_(True)
+    (want,) = torch.autograd.grad(w * ((torch.softmax(z64, 1) - target) ** 2).mean(1).sum(), z64)
+    assert want.abs().max() > 1e-2  # material next to CE's gradient (entries up to 1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    assert torch.equal(strategy.ensemble, table_before)  # the loss updates the table, not the attack's term
 
 
 def test_tables_round_trip_through_state_dict():
     labels_all = train_labels()
     index, z_adv, z_clean = random_batch(71)
-    for cfg, key in ((Config(labels="sglr", ema_init="zeros"), "table"), (Config(labels="te"), "ensemble")):
+    for cfg, key in ((Config(labels="sglr", ema_init="zeros"), "table"),
+                     (Config(labels="te", te_start=0.0), "ensemble")):
         trained = build_label_strategy(cfg, labels_all, K)
         trained.start_epoch(0)
         trained.loss(z_adv, z_clean.detach(), labels_all[index], index)

@@ -146,6 +146,20 @@ def test_pgd_at_sglr_warmup_is_madry():
     assert torch.equal(strategy.table, torch.eye(K)[batch()[3]])
 
 
+def test_pgd_at_te_before_its_start_is_madry_and_after_attacks_the_consistency_term_too():
+    """Before te_start (epoch 90 of 200) TE's weight is 0 and its table frozen: the step is the hard-label step bit
+    for bit (attack, loss, BN statistics). From the start on, the attack maximises CE + w * consistency, so its
+    adversarial logits differ from plain PGD-CE's from the same seed (test_attacks checks the step against float64)."""
+    te_model, hard_model = tiny_bn_net(), tiny_bn_net()
+    (te_loss, te_adv, _), strategy = run(te_model, cfg_for(labels="te"), epoch=88)
+    (hard_loss, hard_adv, _), _ = run(hard_model, cfg_for(labels="hard"))
+    assert te_loss.item() == hard_loss.item() and torch.equal(te_adv, hard_adv)
+    assert_same_bn(te_model, hard_model)
+    assert (strategy.ensemble == 0).all()
+    (_, active_adv, _), strategy = run(tiny_bn_net(), cfg_for(labels="te"), epoch=199)
+    assert strategy.ensemble.abs().sum() > 0 and not torch.equal(active_adv, hard_adv)
+
+
 @pytest.mark.parametrize("labels", ["hard", "sglr"])
 def test_trades_loss_matches_float64_formula(labels):
     cfg = cfg_for(method="trades", labels=labels, trades_beta=6.0, r=0.2, temperature=1.5, ema_init="onehot")

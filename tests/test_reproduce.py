@@ -53,6 +53,9 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
     assert markdown == report["markdown"]
     rows = _rows(markdown)
     assert list(rows) == ["PGD-AT", "PGD-AT+LS", "PGD-AT+TE", "PGD-AT+SGLR (paper)", "PGD-AT+SGLR (sgls-code)"]
+    (te_run,) = glob.glob(str(out / "runs" / "*" / "pgd-at_te*" / "config.json"))
+    te = json.loads(open(te_run).read())  # Dong et al.'s TE: weight 300, ramp from 90 to 150 of 200 epochs
+    assert (te["te_weight"], te["te_start"], te["te_end"]) == (300.0, 0.45, 0.75) and "train_te.py" in markdown
     for label, cells in rows.items():
         numbers = paper_numbers.TABLE2["cifar10"][label.split(" (")[0]]
         # natural, PGD-20, PGD-20 (SGLS), AutoAttack: both PGD-20s beside the paper's one PGD-20
