@@ -1,7 +1,8 @@
 """The command line: `fastsglr prepare | train | eval | reproduce | bench`.
 
-Flags map onto ``Config`` (train) or onto the keyword arguments of ``robustness.run_eval`` (eval) and
-``reproduce.reproduce`` (reproduce); nothing else lives here."""
+`train`'s flags are generated from ``Config``'s fields (``config.option``: parser, choices, help), and the flags of
+eval and reproduce that are Config options reuse those definitions; the rest map onto the keyword arguments of
+``robustness.run_eval`` (eval) and ``reproduce.reproduce`` (reproduce). Nothing else lives here."""
 import argparse
 import dataclasses
 import os
@@ -48,68 +49,60 @@ def _run_prepare(args):
     return 0
 
 
-# Flags of `train`: (flag, Config field, type, help). Defaults come from Config and the preset, so argparse's
-# default is SUPPRESS: only flags the user typed override them.
-_TRAIN_FLAGS = [
-    ("--data", "data", str, "a data directory written by `fastsglr prepare`"),
-    ("--model", "model", str, "preactresnet18 | resnet18 | resnet34 | resnet50 | wrn34_10 | wrn28_10 | smallcnn"),
-    ("--input-norm", "input_norm", str, "data (normalise by the training images' mean/std inside the model) | "
-                                        "none (raw [0, 1] inputs, as the authors' code)"),
-    ("--method", "method", str, "pgd-at | trades"),
-    ("--labels", "labels", str, "hard | ls | te | sglr"),
-    ("--epochs", "epochs", int, "training epochs (paper: 200)"),
-    ("--batch-size", "batch_size", int, "batch size (paper: 128)"),
-    ("--lr", "lr", float, "initial learning rate (paper: 0.1)"),
-    ("--schedule", "schedule", str, "piecewise (x0.1 at 50%% and 75%% of the epochs) | cosine"),
-    ("--eps", "eps", C.parse_fraction, "l-inf radius, e.g. 8/255"),
-    ("--step-size", "step_size", C.parse_fraction, "training attack step, e.g. 2/255"),
-    ("--attack-steps", "attack_steps", int, "training attack steps (PGD-10: 10)"),
-    ("--trades-beta", "trades_beta", float, "TRADES: weight of the KL term (6)"),
-    ("--attack-bn-mode", "attack_bn_mode", str, "BN mode while crafting training attacks: eval | train"),
-    ("--awp-gamma", "awp_gamma", float, "AWP: weight perturbation size relative to ||w|| (0: off; Wu et al.: 0.01 "
-                                        "PGD-AT, 0.005 TRADES)"),
-    ("--awp-warmup", "awp_warmup", int, "AWP: epochs without the perturbation first (0)"),
-    ("--r", "r", float, "LS smoothing / SGLR weight of the refined label (0.2)"),
-    ("--temperature", "temperature", float, "SGLR temperature T (paper 1.5)"),
-    ("--ema-momentum", "ema_momentum", float, "SGLR alpha / TE momentum (0.9)"),
-    ("--lam", "lam", float, "SGLR: weight of the clean prediction in the refined label (0.2)"),
-    ("--ema-init", "ema_init", str, "SGLR table start: onehot | zeros"),
-    ("--sglr-warmup", "sglr_warmup", int, "SGLR: hard-label epochs before refinement starts"),
-    ("--te-weight", "te_weight", float, "TE: weight of the consistency term (a mean over batch x classes)"),
-    ("--te-start", "te_start", float, "TE: fraction of the epochs before which the weight is 0, the table frozen"),
-    ("--te-end", "te_end", float, "TE: fraction of the epochs where the weight's ramp-up ends"),
-    ("--eval-every", "eval_every", int, "evaluate every K epochs and the last one (default 1: every epoch, which "
-                                        "the paper's best checkpoint needs)"),
-    ("--eval-subset", "eval_subset", int, "evaluate each epoch on a fixed seeded subset of N test images"),
-    ("--eval-step-size", "eval_step_size", C.parse_fraction, "PGD-20 step (default eps/4)"),
-    ("--hessian-probes", "hessian_probes", int, "per epoch, the Hessian trace of the adversarial training loss on a "
-                                                "fixed batch by Hutchinson's estimator with this many probes (0: off)"),
-    ("--loader", "loader", str, "ffcv (streams the betons) | device (whole data set held on the device); "
-                                "default: ffcv where it can be imported, else device"),
-    ("--device", "device", str, "cpu | cuda (default: cuda when available)"),
-    ("--engine", "engine", str, "fast (compiled; CUDA: channels-last, CUDA graph) | reference (eager fp32); "
-                                "default: fast on CUDA, reference on CPU"),
-    ("--precision", "precision", str, "fast engine: fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)"),
-    ("--sync-bn", "sync_bn", bool, "torchrun: SyncBatchNorm over the global batch (CUDA only) instead of per-rank "
-                                   "BatchNorm"),
-    ("--seed", "seed", int, "seed of initialisation, attacks, order and augmentation"),
-    ("--out", "out", str, "the run directory to write"),
-]
+def _flag(name) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _shown(value, parse=None) -> str:
+    """A value as one would type it: eps 8/255 rather than 0.0313725, milestones 0.5,0.75."""
+    if isinstance(value, tuple):
+        return ",".join(_shown(v, parse) for v in value)
+    if parse in (C.parse_fraction, C.parse_fractions) and value and abs(value * 255 - round(value * 255)) < 1e-9:
+        return f"{round(value * 255)}/255"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _add_option(parser, name, default=None, check_choices=False, help=None):
+    """The flag of Config field ``name``, with the field's parser, choices and help. ``default`` says in words what
+    an omitted flag means where that is not the field's default (eval: the checkpoint's); ``check_choices`` lets
+    argparse refuse other values (`train` leaves that to ``config.validate``, which also checks presets and resumed
+    runs); ``help`` replaces the field's where the sub-command gives the option another scope."""
+    f = C.OPTIONS[name]
+    meta, parse = f.metadata, f.metadata["parse"] or f.type
+    text = help or meta["help"]
+    if meta["choices"]:
+        text += f"; one of: {', '.join(meta['choices'])}"
+    if default is None and (meta["omitted"] or not (f.default == "" or f.default is False)):
+        default = meta["omitted"] or _shown(f.default, parse)
+    if default is not None:
+        text += f" (default: {default})"
+    text = text.replace("%", "%%")  # argparse formats help with %
+    if parse is bool:
+        return parser.add_argument(_flag(name), action="store_true", help=text)
+    return parser.add_argument(_flag(name), type=parse, metavar=name.upper(), help=text,
+                               **({"choices": meta["choices"]} if check_choices else {}))
+
+
+def _presets_epilog() -> str:
+    lines = ["presets (each overrides the defaults above; flags override a preset):"]
+    for preset, overrides in C.PRESETS.items():
+        shown = (f"{_flag(k)} {_shown(v, C.OPTIONS[k].metadata['parse'])}" for k, v in overrides.items())
+        lines.append(f"  {preset}: {' '.join(shown)}")
+    return "\n".join(lines)
 
 
 def _add_train(sub):
+    # argparse's defaults are SUPPRESSed: only the flags a user typed override the preset and Config's defaults.
     p = sub.add_parser("train", help="adversarial training (PGD-AT / TRADES with hard, LS, TE or SGLR labels)",
                        description="Train a robust classifier. Defaults are the paper's settings; a --preset "
                                    "overrides them and explicit flags override the preset.",
+                       epilog=_presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                        argument_default=argparse.SUPPRESS)
-    p.add_argument("--preset", help=f"named settings: {', '.join(C.PRESETS)}")
+    p.add_argument("--preset", help=f"named settings, listed below: {', '.join(C.PRESETS)}")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    for flag, _, typ, text in _TRAIN_FLAGS:
-        if typ is bool:
-            p.add_argument(flag, action="store_true", help=text)
-        else:
-            p.add_argument(flag, type=typ, help=text)
+    for name in C.OPTIONS:
+        _add_option(p, name)
     p.set_defaults(run=_run_train)
 
 
@@ -120,7 +113,7 @@ def config_from_args(args) -> C.Config:
     cfg = C.Config(device="cuda" if torch.cuda.is_available() else "cpu")
     if getattr(args, "preset", None):
         cfg = C.apply_preset(cfg, args.preset)
-    explicit = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
+    explicit = {name: getattr(args, name) for name in C.OPTIONS if hasattr(args, name)}
     cfg = dataclasses.replace(cfg, **explicit)
     if not cfg.data:
         raise UsageError("--data is required: pass a directory written by `fastsglr prepare`")
@@ -148,10 +141,10 @@ def _run_train(args):
         if hasattr(args, "loader"):  # both loaders yield the same batches: the run goes on identically
             cfg = dataclasses.replace(cfg, loader=args.loader)
         cfg = C.validate(cfg)  # a hand-edited file too
-        for _, field, _, _ in _TRAIN_FLAGS:
-            if hasattr(args, field) and not _same_setting(field, getattr(args, field), getattr(cfg, field)):
-                raise UsageError(f"--{field.replace('_', '-')} {getattr(args, field)} conflicts with the run being "
-                                 f"resumed ({getattr(cfg, field)}): drop the flag, or start a new run with --out")
+        for name in C.OPTIONS:
+            if hasattr(args, name) and not _same_setting(name, getattr(args, name), getattr(cfg, name)):
+                raise UsageError(f"{_flag(name)} {getattr(args, name)} conflicts with the run being resumed "
+                                 f"({getattr(cfg, name)}): drop the flag, or start a new run with --out")
     else:
         cfg = config_from_args(args)
     train(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))
@@ -171,13 +164,13 @@ def _add_eval(sub):
                         "evaluator: eps 0.031, step 0.003 at eps 8/255), cw, autoattack, square, transfer "
                         "(PGD-20 on --source), transfer-pgdK, transfer-cw (default: %(default)s)")
     p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: all)")
-    p.add_argument("--eps", type=C.parse_fraction, help="l-inf radius, e.g. 8/255 (default: the checkpoint's)")
+    _add_option(p, "eps", default="the checkpoint's")
     p.add_argument("--source", metavar="CHECKPOINT", help="transfer: the checkpoint the adversarial examples are "
                                                            "crafted on")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attacked batch (default: 256)")
-    p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
+    _add_option(p, "device", check_choices=True)
     p.add_argument("--out", required=True, metavar="REPORT.json", help="where the JSON report goes")
     p.set_defaults(run=_run_eval)
 
@@ -202,19 +195,19 @@ def _add_reproduce(sub):
                    help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
                         "a digits or synthetic directory stands in for every data set not given")
     p.add_argument("--out", required=True, metavar="DIR", help="where the runs, the table and the figures go")
-    p.add_argument("--epochs", type=int, help="train each run this many epochs: a quick look, which the table says")
-    p.add_argument("--eval-subset", type=int, metavar="N",
-                   help="evaluate on N test images: a quick look, which the table says")
+    _add_option(p, "epochs", default="the table's", help="train each run this many epochs: a quick look, which the "
+                                                        "table says")
+    _add_option(p, "eval_subset", default="all", help="evaluate on N test images: a quick look, which the table says")
     p.add_argument("--root", help="noise on CIFAR: the folder with the raw CIFAR files, to write the noisy copies")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
-    p.add_argument("--device", choices=C.DEVICES, help="default: cuda when available")
-    p.add_argument("--engine", choices=C.ENGINES, help="training engine (default: fast on CUDA, reference on CPU)")
-    p.add_argument("--model", help="the network of every run (default: resnet18 on raw inputs, the paper's, or "
-                                   "the table's own (wrn: wrn34_10); on digits the demo preset's smallcnn)")
+    _add_option(p, "device", check_choices=True)
+    _add_option(p, "engine", check_choices=True)
+    _add_option(p, "model", default="resnet18 on raw inputs, the paper's, or the table's own (wrn: wrn34_10); on "
+                                   "digits the demo preset's smallcnn")
     p.add_argument("--sglr", choices=("paper", "sgls-code", "both"),
                    help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
                         "released code (r 1, T 1, warm-up); default: both")
-    p.add_argument("--precision", choices=C.PRECISIONS, help="fast engine (default: bf16 on CUDA, fp32 on CPU)")
+    _add_option(p, "precision", check_choices=True)
     p.set_defaults(run=_run_reproduce)
 
 

@@ -1,14 +1,16 @@
 """One config object for a training run, with named presets and up-front validation.
 
-Every option of a run lives here; the CLI only maps flags onto it. A preset is a set of overrides on top of the
-defaults (which are the paper's settings), and explicit flags override the preset.
+Every option of a run lives here, with its help and choices (``option``); the CLI's `train` flags are generated
+from these fields. A preset is a set of overrides on top of the defaults (which are the paper's settings), and
+explicit flags override the preset.
 """
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .errors import UsageError
+from .models import MODEL_NAMES
 
 METHODS = ("pgd-at", "trades")
 LABEL_STRATEGIES = ("hard", "ls", "te", "sglr")
@@ -25,67 +27,110 @@ SEED_MAX = 2**31 - 1
 MAX_STEPS = 10_000  # attack steps, training and evaluation alike: more is a typo, not a stronger attack
 
 
+def option(default, help, *, choices=(), parse=None, noun="", omitted=""):
+    """A Config field a user sets with a flag of the same name (``eps`` -> ``--eps``): ``help`` (the CLI appends
+    the choices and the default), ``choices`` (the only valid values; ``validate`` refuses others, naming them
+    ``noun`` or else the field's name), ``parse`` (the flag's text to a value; default: the field's own type),
+    ``omitted`` (what no flag means, where the machine decides rather than ``default``)."""
+    meta = {"help": help, "choices": choices, "parse": parse, "noun": noun, "omitted": omitted}
+    return field(default=default, metadata=meta)
+
+
+def parse_fraction(text: str) -> float:
+    """Accept '8/255' as well as '0.0314': eps and step sizes are usually written as fractions of 255."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"'{text}' is not a number: write it as 0.03 or as a fraction such as 8/255")
+    return value
+
+
+def parse_fractions(text: str) -> tuple:
+    """'0.5,0.75' (or '1/2,3/4') -> (0.5, 0.75)."""
+    return tuple(parse_fraction(part) for part in text.split(","))
+
+
 @dataclass
 class Config:
+    """Every option of a run. Each field made with ``option`` is a `train` flag; the one field that is not,
+    ``preset``, records which preset --preset applied (before the other flags, which override it)."""
+
     # --- data and model ---
-    data: str = ""                     # a directory written by `fastsglr prepare`
-    model: str = "preactresnet18"
-    input_norm: str = "data"           # data (the training images' per-channel mean/std, inside the model) | none (raw
-                                       # [0, 1] inputs, as the authors' SGLS code and TRADES)
-    loader: str = ""                   # ffcv (streaming) | device (the data set held on the training device);
-                                       # "" = ffcv where it can be imported, else device
+    data: str = option("", "a data directory written by `fastsglr prepare`")
+    model: str = option("preactresnet18", "the network", choices=MODEL_NAMES)
+    input_norm: str = option("data", "data: normalise by the training images' per-channel mean/std inside the model; "
+                                     "none: raw [0, 1] inputs, as the authors' SGLS code and TRADES",
+                             choices=INPUT_NORMS, noun="input normalisation")
+    loader: str = option("", "ffcv: stream the betons; device: the whole data set held on the training device (both "
+                             "yield the same batches)", choices=LOADERS,
+                         omitted="ffcv where it can be imported, else device")
 
     # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
-    method: str = "pgd-at"             # pgd-at (Madry) | trades
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    attack_steps: int = 10
-    trades_beta: float = 6.0
-    attack_bn_mode: str = "eval"       # BN mode while crafting training attacks (SGLS/AWP: eval; Rice et al.: train)
-    awp_gamma: float = 0.0             # AWP (awp.py): relative size of the weight perturbation; 0 = off (Wu et al.'s
-                                       # code: 0.01 for PGD-AT, 0.005 for TRADES)
-    awp_warmup: int = 0                # AWP: epochs without perturbation first (AWP's code: 0 for PGD-AT; TRADES
-                                       # --awp-warmup 10 counting epochs from 1, i.e. 9 here)
+    method: str = option("pgd-at", "pgd-at (Madry et al.) or trades", choices=METHODS)
+    eps: float = option(8 / 255, "l-inf radius, e.g. 8/255", parse=parse_fraction)
+    step_size: float = option(2 / 255, "training attack step, e.g. 2/255", parse=parse_fraction)
+    attack_steps: int = option(10, "training attack steps")
+    trades_beta: float = option(6.0, "TRADES: weight of the KL term")
+    attack_bn_mode: str = option("eval", "BN mode while crafting training attacks (SGLS and AWP code: eval; Rice et "
+                                         "al.: train)", choices=BN_MODES, noun="attack BN mode")
+    awp_gamma: float = option(0.0, "AWP (awp.py): size of the weight perturbation relative to ||w|| (0: off; Wu et "
+                                   "al.'s code: 0.01 for PGD-AT, 0.005 for TRADES)")
+    awp_warmup: int = option(0, "AWP: epochs without the perturbation first (AWP's code: 0 for PGD-AT; TRADES "
+                                "--awp-warmup 10 counting epochs from 1, i.e. 9 here)")
 
     # --- label strategy ---
-    labels: str = "sglr"               # hard | ls | te | sglr
-    r: float = 0.2                     # LS smoothing and SGLR mixing weight of the refined label
-    temperature: float = 1.5           # SGLR: T of the softmax that forms f~
-    ema_momentum: float = 0.9          # SGLR alpha and TE momentum: weight of the old per-sample row
-    lam: float = 0.2                   # SGLR: weight of the clean prediction in f~
-    ema_init: str = "onehot"           # SGLR table start: onehot (released code) | zeros (Algorithm 1)
-    sglr_warmup: int = 0               # SGLR: epochs of hard-label training before refinement starts
-    te_weight: float = 300.0           # TE: weight w of the mean over batch x classes of (softmax(z) - p^_i)^2
-    te_start: float = 0.45             # TE: fraction of the epochs before which w = 0 and the table is frozen
-    te_end: float = 0.75               # TE: fraction of the epochs where w's sigmoid ramp-up reaches te_weight
-                                       # (Dong et al.'s train_te.py: 300, epochs 90 and 150 of 200)
+    labels: str = option("sglr", "label strategy: hard, label smoothing, temporal ensembling or SGLR",
+                         choices=LABEL_STRATEGIES, noun="label strategy")
+    r: float = option(0.2, "LS smoothing and SGLR mixing weight of the refined label")
+    temperature: float = option(1.5, "SGLR: temperature T of the softmax that forms the refined label")
+    ema_momentum: float = option(0.9, "SGLR alpha and TE momentum: weight of the old per-sample row")
+    lam: float = option(0.2, "SGLR: weight of the clean prediction in the refined label")
+    ema_init: str = option("onehot", "SGLR table start: onehot (released code) or zeros (Algorithm 1)",
+                           choices=EMA_INITS, noun="ema init")
+    sglr_warmup: int = option(0, "SGLR: epochs of hard-label training before refinement starts")
+    te_weight: float = option(300.0, "TE: weight w of the mean over batch x classes of (softmax(z) - p^_i)^2")
+    te_start: float = option(0.45, "TE: fraction of the epochs before which w = 0 and the table is frozen")
+    te_end: float = option(0.75, "TE: fraction of the epochs where w's sigmoid ramp-up reaches --te-weight (Dong et "
+                                 "al.'s train_te.py: 300, epochs 90 and 150 of 200)")
 
     # --- optimisation (the paper's: SGD 0.9, wd 5e-4, lr 0.1, batch 128, 200 epochs, x0.1 at 100 and 150) ---
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "piecewise"        # piecewise | cosine
-    milestones: tuple = (0.5, 0.75)    # piecewise: fractions of `epochs` where lr is multiplied by lr_decay
-    lr_decay: float = 0.1
+    epochs: int = option(200, "training epochs")
+    batch_size: int = option(128, "images per training batch (over all ranks under torchrun)")
+    lr: float = option(0.1, "initial learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    schedule: str = option("piecewise", "piecewise: lr times --lr-decay at each milestone; cosine: to 0",
+                           choices=SCHEDULES)
+    milestones: tuple = option((0.5, 0.75), "piecewise: comma-separated fractions of the epochs where the lr drops",
+                               parse=parse_fractions)
+    lr_decay: float = option(0.1, "piecewise: factor of the lr at each milestone")
 
     # --- evaluation after every epoch (or every eval_every-th) ---
-    eval_every: int = 1                # evaluate every K epochs and the last one (best.pt needs them all: 1)
-    eval_subset: int = 0               # 0 = whole test set, else a fixed seeded subset of this many images
-    eval_steps: int = 20
-    eval_step_size: float = 0.0        # 0 = eps / 4
-    hessian_probes: int = 0            # Hutchinson probes of the training loss's Hessian trace per epoch (Fig. B.7,
-                                       # sharpness.py); 0 = not measured
+    eval_every: int = option(1, "evaluate every K epochs and the last one (best.pt, the paper's best checkpoint, "
+                                "needs every epoch)")
+    eval_subset: int = option(0, "evaluate each epoch on a fixed seeded subset of N test images (0: all)")
+    eval_steps: int = option(20, "PGD steps of the per-epoch evaluation")
+    eval_step_size: float = option(0.0, "PGD step of the per-epoch evaluation (0: eps/4)", parse=parse_fraction)
+    hessian_probes: int = option(0, "per epoch, the Hessian trace of the adversarial training loss on a fixed batch "
+                                    "by Hutchinson's estimator with this many probes (Fig. B.7, sharpness.py; 0: off)")
 
     # --- run ---
-    device: str = "cpu"
-    engine: str = ""                   # fast (compiled; CUDA: channels-last + CUDA graph) | reference; "" = by device
-    precision: str = ""                # fp32 | bf16 | fp16 (fast engine); "" = by device
-    sync_bn: bool = False              # torchrun: SyncBatchNorm over the global batch (CUDA) instead of per-rank BN
-    seed: int = 0
-    out: str = ""
-    preset: str = ""
+    device: str = option("cpu", "the torch device", choices=DEVICES, omitted="cuda when available")
+    engine: str = option("", "fast: compiled (CUDA: channels-last, CUDA graph); reference: eager", choices=ENGINES,
+                         omitted="fast on CUDA, reference on CPU")
+    precision: str = option("", "the fast engine's compute precision", choices=PRECISIONS,
+                            omitted="bf16 on CUDA, fp32 on CPU")
+    sync_bn: bool = option(False, "torchrun: SyncBatchNorm over the global batch (CUDA only) instead of per-rank "
+                                  "BatchNorm")
+    seed: int = option(0, "seed of initialisation, attacks, order and augmentation")
+    out: str = option("", "the run directory to write")
+    preset: str = ""  # not an option: apply_preset records the --preset applied
 
     @property
     def resolved_eval_step_size(self) -> float:
@@ -118,6 +163,9 @@ class Config:
                 raise UsageError(f"config key '{f.name}' holds {value!r}, which is not of type {expected.__name__}")
         return cls(**d)
 
+
+
+OPTIONS = {f.name: f for f in fields(Config) if "help" in f.metadata}  # the fields a user sets, each with its flag
 
 PRESETS = {
     # The paper's SGLR (Sec. 4, Table 4's best r and T).
@@ -166,27 +214,17 @@ def resolve_device_defaults(cfg: Config) -> Config:
 
 def validate(cfg: Config) -> Config:
     """Reject a bad config before any work starts, with a one-line message naming the fix."""
-    from .models import MODEL_NAMES
-
     cfg = resolve_device_defaults(cfg)
 
-    _check_choice("model", cfg.model, MODEL_NAMES)
-    _check_choice("input normalisation", cfg.input_norm, INPUT_NORMS)
-    _check_choice("method", cfg.method, METHODS)
-    _check_choice("label strategy", cfg.labels, LABEL_STRATEGIES)
-    _check_choice("schedule", cfg.schedule, SCHEDULES)
-    _check_choice("attack BN mode", cfg.attack_bn_mode, BN_MODES)
-    _check_choice("ema init", cfg.ema_init, EMA_INITS)
-    _check_choice("engine", cfg.engine, ENGINES)
-    _check_choice("precision", cfg.precision, PRECISIONS)
+    for f in fields(cfg):
+        if f.metadata.get("choices"):
+            _check_choice(f.metadata["noun"] or f.name, getattr(cfg, f.name), f.metadata["choices"])
     if cfg.engine == "reference" and cfg.precision != "fp32":
         raise UsageError(f"--precision {cfg.precision} needs the fast engine: add --engine fast")
-    _check_choice("loader", cfg.loader, LOADERS)
     if cfg.loader == "ffcv":
         from .data.beton import require_ffcv
 
         require_ffcv()
-    _check_choice("device", cfg.device, DEVICES)
     if cfg.sync_bn and cfg.device != "cuda":
         raise UsageError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel): drop --sync-bn")
     check_range("eps", cfg.eps, 0, 1)
@@ -224,17 +262,3 @@ def n_epochs(n: int) -> str:
     """'1 epoch', '30 epochs'."""
     return f"{n} epoch{'' if n == 1 else 's'}"
 
-
-def parse_fraction(text: str) -> float:
-    """Accept '8/255' as well as '0.0314': eps and step sizes are usually written as fractions of 255."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise UsageError(f"'{text}' is not a number: write it as 0.03 or as a fraction such as 8/255")
-    return value
