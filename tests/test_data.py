@@ -131,6 +131,21 @@ def test_ffcv_and_device_loaders_yield_identical_batches(digits_dir):
             assert torch.equal(x, y)
 
 
+@needs_ffcv
+def test_ffcv_loader_keeps_torch_thread_count(digits_dir):
+    """FFCV sets torch's intra-op threads to its worker count; ours must not, or training's reductions (and so its
+    results, bit for bit) would depend on the loader."""
+    before, threads = torch.get_num_threads(), 1  # FFCV would set 2, its worker count (numba allows up to the cores)
+    torch.set_num_threads(threads)
+    try:
+        loader = FFCVLoader(read_data_dir(digits_dir, "ffcv"), "train", 64, "cpu", train=True, seed=0, num_workers=2)
+        assert torch.get_num_threads() == threads
+        next(iter(loader))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kind", [pytest.param("ffcv", marks=needs_ffcv), "device"])
 def test_test_loader_in_order_and_subset(digits_dir, kind):
     info = read_data_dir(digits_dir)

@@ -8,6 +8,7 @@ Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutatio
 distributed order, torch's DistributedSampler, which gives each rank a disjoint shard) and augment on the device
 with ``augment.flip_crop``. Images come out as float32 in [0, 1], channels-last; normalisation is in the model.
 """
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -122,6 +123,18 @@ class DeviceLoader(_Loader):
             yield self._finish(self.images[idx], self.labels[idx], self.clean_labels[idx], idx, generator)
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """FFCV sets torch's intra-op thread count to its worker count (``Compiler.set_num_threads`` on import, in
+    ``Loader.__init__`` and in ``Loader.__iter__``): the training's floating-point reductions would then depend on
+    which loader runs, and a run would not repeat bit for bit with the other loader. Keep the caller's count."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class FFCVLoader(_Loader):
     """FFCV streams the beton: it decodes and orders the records and copies them to the device in worker threads;
     we augment there. For data that does not fit on the device."""
@@ -130,26 +143,30 @@ class FFCVLoader(_Loader):
                  num_workers=2):
         super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
         require_ffcv()
-        from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
-        from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+        with _torch_threads_kept():
+            from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+            from ffcv.loader import Loader, OrderOption
+            from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
         def to_device():
             return [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
 
         label = [IntDecoder(), ToTensor(), Squeeze(-1), *to_device()]
-        self.loader = Loader(
-            info.beton(split), batch_size=batch_size, num_workers=num_workers, seed=seed,
-            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, drop_last=train,
-            distributed=self.sharded, indices=self.indices,
-            pipelines={"image": [NDArrayDecoder(), ToTensor(), *to_device()], "label": label,
-                       "clean_label": list(label), "index": list(label)},
-        )
+        with _torch_threads_kept():
+            self.loader = Loader(
+                info.beton(split), batch_size=batch_size, num_workers=num_workers, seed=seed,
+                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, drop_last=train,
+                distributed=self.sharded, indices=self.indices,
+                pipelines={"image": [NDArrayDecoder(), ToTensor(), *to_device()], "label": label,
+                           "clean_label": list(label), "index": list(label)},
+            )
 
     def __iter__(self):
         epoch, start, generator = self._begin_epoch()
         self.loader.next_epoch = epoch
-        for b, (images, labels, clean_labels, index) in enumerate(self.loader):
+        with _torch_threads_kept():
+            batches = iter(self.loader)
+        for b, (images, labels, clean_labels, index) in enumerate(batches):
             if b < start:  # FFCV cannot seek: read and drop the batches a resumed epoch has done
                 continue
             # FFCV reuses its output buffers: copy out before the next batch overwrites them (the image
