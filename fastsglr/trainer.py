@@ -144,6 +144,10 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
 
 
 def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
+    if world.launched and cfg.awp_gamma:
+        # Each rank would take AWP's proxy step on its own shard: the perturbations, and so the weights, drift apart.
+        raise UsageError("--awp-gamma is not supported under torchrun yet (each rank would perturb the weights "
+                         "from its own batch): train AWP in one process")
     info = read_data_dir(cfg.data, cfg.loader)
     batch_size = per_rank_batch(world, cfg.batch_size)
     if train_steps(info.counts["train"], batch_size, world) == 0:
