@@ -44,6 +44,8 @@ demo: setup
 	$(BIN)/python -m fastsglr.demo --out runs/demo
 
 test: setup setup-torch211
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 	$(VENV211)/bin/python -m pytest -q $(TESTS211)
 

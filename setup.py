@@ -3,6 +3,7 @@
 The Triton kernels live in the top-level ``kernels/`` folder but install as ``fastsglr.kernels``:
 PyPI already has a package called ``kernels``, so we never claim that top-level name.
 """
+
 from setuptools import setup
 
 setup(
@@ -25,7 +26,7 @@ setup(
     extras_require={
         "ffcv": ["ffcv==1.0.2", "numba>=0.58"],
         "extras": ["matplotlib>=3.7", "torchvision>=0.21", "torchattacks==3.5.1"],
-        "test": ["pytest>=8", "pytest-benchmark>=4"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["fastsglr = fastsglr.cli:main"]},
 )

@@ -35,6 +35,7 @@ small CNN, PGD-2, a few hundred images) in a few minutes on a CPU: rungs that ne
 times are perf_counter seconds of a CPU, which check that the ladder runs and measure nothing else.
 Writes FILE.json (after every rung, so a run cut short keeps what it measured), FILE.md and FILE.png.
 """
+
 import argparse
 import contextlib
 import dataclasses
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -76,17 +77,21 @@ REFERENCE_TF32, REFERENCE_STRICT = "reference eager fp32 (TF32 convolutions)", "
 
 class Rung(NamedTuple):
     name: str
-    options: Optional[FastOptions]  # None: the reference engine
-    strict_fp32: bool = False       # TF32 off for convolutions and matrix products (PyTorch: on for convolutions)
+    options: FastOptions | None  # None: the reference engine
+    strict_fp32: bool = False  # TF32 off for convolutions and matrix products (PyTorch: on for convolutions)
 
 
 def ladder():
     """The rungs, each one switch more than the one before; the reference twice (PyTorch's default, strict fp32)."""
     rungs = [Rung(REFERENCE_TF32, None), Rung(REFERENCE_STRICT, None, strict_fp32=True)]
     options = FastOptions(precision="fp32", channels_last=False, compile=False, fused=False, cuda_graph=False)
-    for name, switch in (("+bf16 autocast", dict(precision="bf16")), ("+channels-last", dict(channels_last=True)),
-                         ("+torch.compile", dict(compile=True)), ("+fused kernels", dict(fused=True)),
-                         ("+CUDA graph", dict(cuda_graph=True))):
+    for name, switch in (
+        ("+bf16 autocast", dict(precision="bf16")),
+        ("+channels-last", dict(channels_last=True)),
+        ("+torch.compile", dict(compile=True)),
+        ("+fused kernels", dict(fused=True)),
+        ("+CUDA graph", dict(cuda_graph=True)),
+    ):
         options = dataclasses.replace(options, **switch)
         rungs.append(Rung(name, options))
     return rungs
@@ -123,6 +128,7 @@ def skip_reason(options, device):
 
 # ---- Data -------------------------------------------------------------------------------------------------------
 
+
 class ArrayLoader(DeviceLoader):
     """The GPU-resident loader over arrays already in memory (DeviceLoader reads them from a data directory)."""
 
@@ -140,9 +146,17 @@ def training_data(args, device):
         return info, loader, loader.labels
     raw = load_raw("synthetic", synthetic_train=args.images, synthetic_test=1)
     mean, std = channel_stats(raw.train.images)
-    info = DataInfo(root="", dataset="synthetic", classes=tuple(raw.classes), image_shape=raw.train.images.shape[1:],
-                    counts={"train": args.images, "test": 0}, mean=tuple(mean), std=tuple(std), crop_padding=4,
-                    noise={})
+    info = DataInfo(
+        root="",
+        dataset="synthetic",
+        classes=tuple(raw.classes),
+        image_shape=raw.train.images.shape[1:],
+        counts={"train": args.images, "test": 0},
+        mean=tuple(mean),
+        std=tuple(std),
+        crop_padding=4,
+        noise={},
+    )
     loader = ArrayLoader(info, raw.train.images, raw.train.labels, args.batch_size, device)
     return info, loader, loader.labels
 
@@ -158,6 +172,7 @@ def batch_pool(loader, size):
 
 
 # ---- Timing -----------------------------------------------------------------------------------------------------
+
 
 class Clock:
     """Seconds of work queued between start() and stop(): CUDA events on a GPU, perf_counter on a CPU."""
@@ -197,8 +212,9 @@ def bf16_matmul_peak(device, quick):
 def build_run(args, name, info, train_labels, options, device):
     """Model, optimizer, strategy and engine of one rung, initialised identically for every rung."""
     torch.manual_seed(0)
-    cfg = Config(model=name, attack_steps=args.attack_steps, batch_size=args.batch_size, labels="sglr",
-                 device=device.type)
+    cfg = Config(
+        model=name, attack_steps=args.attack_steps, batch_size=args.batch_size, labels="sglr", device=device.type
+    )
     model = build_model(name, info.num_classes, info.in_channels, info.image_size, info.mean, info.std)
     model = model.to(device)
     strategy = build_label_strategy(cfg, train_labels, info.num_classes).to(device)
@@ -258,15 +274,21 @@ def time_loader(loader, batches, device):
 
 # ---- One model's ladder, the loaders ----------------------------------------------------------------------------
 
+
 def fill_speedups(entry):
     """Every measured rung's speed-up over each reference, once that reference is measured (else None)."""
     rows = {row["rung"]: row for row in entry["rungs"]}
-    for key, reference in (("speedup_vs_tf32", rows[REFERENCE_TF32]), ("speedup_vs_strict_fp32",
-                                                                       rows[REFERENCE_STRICT])):
+    for key, reference in (
+        ("speedup_vs_tf32", rows[REFERENCE_TF32]),
+        ("speedup_vs_strict_fp32", rows[REFERENCE_STRICT]),
+    ):
         for row in entry["rungs"]:
             if row["status"] == "ok":
-                row[key] = reference["seconds_per_iteration"] / row["seconds_per_iteration"] \
-                    if reference["status"] == "ok" else None
+                row[key] = (
+                    reference["seconds_per_iteration"] / row["seconds_per_iteration"]
+                    if reference["status"] == "ok"
+                    else None
+                )
 
 
 def model_entry(args, model, info, train_labels, pool, device, result):
@@ -274,11 +296,19 @@ def model_entry(args, model, info, train_labels, pool, device, result):
     if model not in result["models"]:
         iteration, forward = iteration_flops(args, model, info, train_labels, pool, device)
         result["models"][model] = {
-            "flops_per_iteration": iteration, "forward_flops_per_image": forward,
+            "flops_per_iteration": iteration,
+            "forward_flops_per_image": forward,
             "forward_equivalents_per_image": iteration / (forward * args.batch_size),
-            "rungs": [{"rung": r.name, "options": None if r.options is None else dataclasses.asdict(r.options),
-                       "strict_fp32": r.strict_fp32, "status": "not measured (the run was cut short)"}
-                      for r in ladder()]}
+            "rungs": [
+                {
+                    "rung": r.name,
+                    "options": None if r.options is None else dataclasses.asdict(r.options),
+                    "strict_fp32": r.strict_fp32,
+                    "status": "not measured (the run was cut short)",
+                }
+                for r in ladder()
+            ],
+        }
     return result["models"][model]
 
 
@@ -312,16 +342,26 @@ def bench_model(args, model, info, train_labels, pool, device, peak, result, sav
                 torch.cuda.empty_cache()
         epoch = seconds * (IMAGES_PER_EPOCH // args.batch_size)
         compiled = rung.options is not None and (rung.options.compile or rung.options.cuda_graph)
-        row.update(status="ok", seconds_per_iteration=seconds, seconds_per_epoch=epoch, epochs_per_hour=3600 / epoch,
-                   mfu=entry["flops_per_iteration"] / seconds / peak, images_per_second=args.batch_size / seconds,
-                   one_graph=one_graph, warmup_seconds=warmup,
-                   # the warm-up's steps at their steady-state cost, taken out: what compiling and capturing cost
-                   compile_capture_seconds=max(0.0, warmup - (WARMUP_STEPS + 1) * seconds) if compiled else None)
+        row.update(
+            status="ok",
+            seconds_per_iteration=seconds,
+            seconds_per_epoch=epoch,
+            epochs_per_hour=3600 / epoch,
+            mfu=entry["flops_per_iteration"] / seconds / peak,
+            images_per_second=args.batch_size / seconds,
+            one_graph=one_graph,
+            warmup_seconds=warmup,
+            # the warm-up's steps at their steady-state cost, taken out: what compiling and capturing cost
+            compile_capture_seconds=max(0.0, warmup - (WARMUP_STEPS + 1) * seconds) if compiled else None,
+        )
         fill_speedups(entry)
-        print(f"{model:<16} {rung.name:<40} {epoch:9.2f} s/epoch {3600 / epoch:8.2f} epochs/h  "
-              f"vs TF32 reference {_times(row['speedup_vs_tf32'])}  vs strict fp32 "
-              f"{_times(row['speedup_vs_strict_fp32'])}  MFU {100 * row['mfu']:5.1f}%"
-              + (f"  compile+capture {row['compile_capture_seconds']:.1f} s" if compiled else ""), flush=True)
+        print(
+            f"{model:<16} {rung.name:<40} {epoch:9.2f} s/epoch {3600 / epoch:8.2f} epochs/h  "
+            f"vs TF32 reference {_times(row['speedup_vs_tf32'])}  vs strict fp32 "
+            f"{_times(row['speedup_vs_strict_fp32'])}  MFU {100 * row['mfu']:5.1f}%"
+            + (f"  compile+capture {row['compile_capture_seconds']:.1f} s" if compiled else ""),
+            flush=True,
+        )
         save()
 
 
@@ -330,6 +370,7 @@ def _times(speedup):
 
 
 # ---- A whole `fastsglr train` epoch -----------------------------------------------------------------------------
+
 
 def end_to_end(args, device):
     """Wall seconds of whole ``fastsglr train`` epochs (training, the per-epoch PGD-20 evaluation of the whole test
@@ -343,12 +384,23 @@ def end_to_end(args, device):
         data = args.data
         if not data:
             data = os.path.join(tmp, "data")
-            prepare("synthetic", data, synthetic_train=args.images, synthetic_test=args.test_images,
-                    log=lambda *_: None)
+            prepare(
+                "synthetic", data, synthetic_train=args.images, synthetic_test=args.test_images, log=lambda *_: None
+            )
         info = read_data_dir(data)
-        cfg = validate(Config(data=data, model=args.models[0], attack_steps=args.attack_steps,
-                              batch_size=args.batch_size, labels="sglr", epochs=2, loader="device",
-                              device=device.type, out=os.path.join(tmp, "run")))
+        cfg = validate(
+            Config(
+                data=data,
+                model=args.models[0],
+                attack_steps=args.attack_steps,
+                batch_size=args.batch_size,
+                labels="sglr",
+                epochs=2,
+                loader="device",
+                device=device.type,
+                out=os.path.join(tmp, "run"),
+            )
+        )
         stamps = []
 
         def log(line):
@@ -362,14 +414,29 @@ def end_to_end(args, device):
         with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
             second = [json.loads(line) for line in f][1]
     epoch = stamps[1] - stamps[0]
-    row = {"status": "ok", "data": args.data or "synthetic", "train_images": info.counts["train"],
-           "test_images": info.counts["test"], "model": cfg.model, "engine": cfg.engine, "precision": cfg.precision,
-           "loader": cfg.loader, "eval_steps": cfg.eval_steps, "first_epoch_seconds": stamps[0] - start,
-           "epoch_seconds": epoch, "train_seconds": second["train_seconds"], "eval_seconds": second["eval_seconds"],
-           "other_seconds": epoch - second["train_seconds"] - second["eval_seconds"], "epochs_per_hour": 3600 / epoch}
-    print(f"end to end: {epoch:.2f} s per `fastsglr train` epoch ({row['train_seconds']:.2f} training, "
-          f"{row['eval_seconds']:.2f} PGD-{cfg.eval_steps} evaluation, {row['other_seconds']:.2f} other), "
-          f"{row['epochs_per_hour']:.1f} epochs/h; first epoch {row['first_epoch_seconds']:.1f} s", flush=True)
+    row = {
+        "status": "ok",
+        "data": args.data or "synthetic",
+        "train_images": info.counts["train"],
+        "test_images": info.counts["test"],
+        "model": cfg.model,
+        "engine": cfg.engine,
+        "precision": cfg.precision,
+        "loader": cfg.loader,
+        "eval_steps": cfg.eval_steps,
+        "first_epoch_seconds": stamps[0] - start,
+        "epoch_seconds": epoch,
+        "train_seconds": second["train_seconds"],
+        "eval_seconds": second["eval_seconds"],
+        "other_seconds": epoch - second["train_seconds"] - second["eval_seconds"],
+        "epochs_per_hour": 3600 / epoch,
+    }
+    print(
+        f"end to end: {epoch:.2f} s per `fastsglr train` epoch ({row['train_seconds']:.2f} training, "
+        f"{row['eval_seconds']:.2f} PGD-{cfg.eval_steps} evaluation, {row['other_seconds']:.2f} other), "
+        f"{row['epochs_per_hour']:.1f} epochs/h; first epoch {row['first_epoch_seconds']:.1f} s",
+        flush=True,
+    )
     return row
 
 
@@ -378,24 +445,35 @@ def bench_loaders(args, info, loader, device, engine_images_per_second):
     batches = min(len(loader) - 1, 4 if args.quick else 100)
     rows = [{"loader": "gpu-resident", "status": "ok", "images_per_second": time_loader(loader, batches, device)}]
     if not ffcv_available():
-        rows.append({"loader": "ffcv", "status": "skipped: ffcv is not installed (the GPU-resident loader feeds the "
-                                                 "engine instead)"})
+        rows.append(
+            {
+                "loader": "ffcv",
+                "status": "skipped: ffcv is not installed (the GPU-resident loader feeds the engine instead)",
+            }
+        )
     else:
         with tempfile.TemporaryDirectory() as tmp:
             if not args.data:
                 from fastsglr.data.prepare import prepare
+
                 prepare("synthetic", tmp, synthetic_train=args.images, synthetic_test=1, log=lambda *_: None)
             ffcv_info = read_data_dir(args.data or tmp, loader="ffcv")
-            ffcv_loader = FFCVLoader(ffcv_info, "train", args.batch_size, device, train=True, seed=0,
-                                     num_workers=os.cpu_count() or 1)
-            rows.append({"loader": "ffcv", "status": "ok",
-                         "images_per_second": time_loader(ffcv_loader, batches, device)})
+            ffcv_loader = FFCVLoader(
+                ffcv_info, "train", args.batch_size, device, train=True, seed=0, num_workers=os.cpu_count() or 1
+            )
+            rows.append(
+                {"loader": "ffcv", "status": "ok", "images_per_second": time_loader(ffcv_loader, batches, device)}
+            )
     for row in rows:
         if row["status"] == "ok":
-            row["vs_engine"] = row["images_per_second"] / engine_images_per_second if engine_images_per_second \
-                else float("nan")
-            print(f"loader {row['loader']:<14} {row['images_per_second']:12.0f} images/s "
-                  f"({row['vs_engine']:.1f}x what the engine consumes)", flush=True)
+            row["vs_engine"] = (
+                row["images_per_second"] / engine_images_per_second if engine_images_per_second else float("nan")
+            )
+            print(
+                f"loader {row['loader']:<14} {row['images_per_second']:12.0f} images/s "
+                f"({row['vs_engine']:.1f}x what the engine consumes)",
+                flush=True,
+            )
         else:
             print(f"loader {row['loader']:<14} {row['status']}", flush=True)
     return rows
@@ -403,44 +481,62 @@ def bench_loaders(args, info, loader, device, engine_images_per_second):
 
 # ---- Reports ----------------------------------------------------------------------------------------------------
 
+
 def markdown(result):
-    lines = [f"# Epochs per hour on {result['device']}", "",
-             f"torch {result['torch']}, triton {result['triton']}, {result['date']}; batch {result['batch_size']}, "
-             f"PGD-{result['attack_steps']} + SGLR, {IMAGES_PER_EPOCH:,} images per epoch; "
-             f"bf16 matmul peak measured: {result['bf16_peak_tflops']:.1f} TFLOP/s.", ""]
+    lines = [
+        f"# Epochs per hour on {result['device']}",
+        "",
+        f"torch {result['torch']}, triton {result['triton']}, {result['date']}; batch {result['batch_size']}, "
+        f"PGD-{result['attack_steps']} + SGLR, {IMAGES_PER_EPOCH:,} images per epoch; "
+        f"bf16 matmul peak measured: {result['bf16_peak_tflops']:.1f} TFLOP/s.",
+        "",
+    ]
     if result["mode"] != "cuda":
-        lines += ["A CPU run: its times check that the ladder runs and measure nothing else. TF32 does not exist on a "
-                  "CPU: both references run the same fp32 code there, and their difference is noise.", ""]
+        lines += [
+            "A CPU run: its times check that the ladder runs and measure nothing else. TF32 does not exist on a "
+            "CPU: both references run the same fp32 code there, and their difference is noise.",
+            "",
+        ]
     e2e = result.get("end_to_end")
     if e2e:
         lines += ["## A whole `fastsglr train` epoch", ""]
         if e2e["status"] != "ok":
             lines += [e2e["status"], ""]
         else:
-            lines += [f"{e2e['model']} on {e2e['data']} ({e2e['train_images']:,} training / {e2e['test_images']:,} "
-                      f"test images), engine {e2e['engine']}, {e2e['precision']}, loader {e2e['loader']}: "
-                      f"**{e2e['epoch_seconds']:.2f} s per epoch, {e2e['epochs_per_hour']:.1f} epochs per hour** "
-                      f"({e2e['train_seconds']:.2f} s training, {e2e['eval_seconds']:.2f} s PGD-{e2e['eval_steps']} "
-                      f"evaluation of the whole test set, {e2e['other_seconds']:.2f} s other: the checkpoint's host "
-                      f"copy, the wait for the previous write, the loaders); the first epoch, compilation and capture "
-                      f"included, took {e2e['first_epoch_seconds']:.1f} s.", ""]
+            lines += [
+                f"{e2e['model']} on {e2e['data']} ({e2e['train_images']:,} training / {e2e['test_images']:,} "
+                f"test images), engine {e2e['engine']}, {e2e['precision']}, loader {e2e['loader']}: "
+                f"**{e2e['epoch_seconds']:.2f} s per epoch, {e2e['epochs_per_hour']:.1f} epochs per hour** "
+                f"({e2e['train_seconds']:.2f} s training, {e2e['eval_seconds']:.2f} s PGD-{e2e['eval_steps']} "
+                f"evaluation of the whole test set, {e2e['other_seconds']:.2f} s other: the checkpoint's host "
+                f"copy, the wait for the previous write, the loaders); the first epoch, compilation and capture "
+                f"included, took {e2e['first_epoch_seconds']:.1f} s.",
+                "",
+            ]
     for model, entry in result["models"].items():
-        lines += [f"## {model}", "",
-                  f"{entry['flops_per_iteration'] / 1e12:.3f} TFLOP per iteration, "
-                  f"{entry['forward_flops_per_image'] / 1e9:.3f} GFLOP per forward per image: "
-                  f"{entry['forward_equivalents_per_image']:.1f} forward-equivalents per image. The headline (bold) "
-                  f"was measured first; speed-ups are over the reference as PyTorch runs it by default (cuDNN "
-                  f"convolutions in TF32) and over the strict fp32 reference.", "",
-                  "| rung | s / epoch | epochs / hour | vs reference (TF32) | vs strict fp32 | MFU | "
-                  "compile + capture s | one graph |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {model}",
+            "",
+            f"{entry['flops_per_iteration'] / 1e12:.3f} TFLOP per iteration, "
+            f"{entry['forward_flops_per_image'] / 1e9:.3f} GFLOP per forward per image: "
+            f"{entry['forward_equivalents_per_image']:.1f} forward-equivalents per image. The headline (bold) "
+            f"was measured first; speed-ups are over the reference as PyTorch runs it by default (cuDNN "
+            f"convolutions in TF32) and over the strict fp32 reference.",
+            "",
+            "| rung | s / epoch | epochs / hour | vs reference (TF32) | vs strict fp32 | MFU | "
+            "compile + capture s | one graph |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for row in entry["rungs"]:
             name = f"**{row['rung']}**" if row.get("headline") else row["rung"]
             if row["status"] == "ok":
                 compile_seconds = row["compile_capture_seconds"]
-                lines.append(f"| {name} | {row['seconds_per_epoch']:.2f} | {row['epochs_per_hour']:.2f} | "
-                             f"{_times(row['speedup_vs_tf32'])} | {_times(row['speedup_vs_strict_fp32'])} | "
-                             f"{100 * row['mfu']:.1f}% | {'-' if compile_seconds is None else f'{compile_seconds:.1f}'}"
-                             f" | {'-' if row['one_graph'] is None else ('yes' if row['one_graph'] else 'no')} |")
+                lines.append(
+                    f"| {name} | {row['seconds_per_epoch']:.2f} | {row['epochs_per_hour']:.2f} | "
+                    f"{_times(row['speedup_vs_tf32'])} | {_times(row['speedup_vs_strict_fp32'])} | "
+                    f"{100 * row['mfu']:.1f}% | {'-' if compile_seconds is None else f'{compile_seconds:.1f}'}"
+                    f" | {'-' if row['one_graph'] is None else ('yes' if row['one_graph'] else 'no')} |"
+                )
             else:
                 lines.append(f"| {name} | {row['status']} | | | | | | |")
         lines.append("")
@@ -457,6 +553,7 @@ def markdown(result):
 def bar_chart(result, path):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -470,8 +567,12 @@ def bar_chart(result, path):
         rows = result["models"][model]["rungs"]
         ax.barh([r["rung"] for r in rows][::-1], [r.get("epochs_per_hour", 0) for r in rows][::-1])
         for i, r in enumerate(rows[::-1]):
-            ax.text(r.get("epochs_per_hour", 0), i, f" {_times(r['speedup_vs_tf32'])}" if r["status"] == "ok"
-                    else " not measured", va="center")
+            ax.text(
+                r.get("epochs_per_hour", 0),
+                i,
+                f" {_times(r['speedup_vs_tf32'])}" if r["status"] == "ok" else " not measured",
+                va="center",
+            )
         ax.set_title(f"{model} on {result['device']}")
         ax.set_xlabel("epochs per hour" + (" (a CPU run: not a measurement)" if result["mode"] != "cuda" else ""))
     fig.tight_layout()
@@ -491,9 +592,13 @@ def main(argv=None, prog=None):
     parser.add_argument("--data", help="a prepared data directory to train on instead of synthetic images")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, help="timed iterations per rung (default 20; --quick: 2)")
-    parser.add_argument("--only", choices=PARTS, help="run one part (the headline rung of each model; a whole "
-                                                      "`fastsglr train` epoch; every other rung and the loaders) "
-                                                      "and add it to --out's FILE.json when that exists")
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="run one part (the headline rung of each model; a whole "
+        "`fastsglr train` epoch; every other rung and the loaders) "
+        "and add it to --out's FILE.json when that exists",
+    )
     parser.add_argument("--out", help="write FILE.json, FILE.md and FILE.png")
     args = parser.parse_args(argv)
     if args.out:  # before the first rung: a result that cannot be written wastes the whole ladder
@@ -504,24 +609,35 @@ def main(argv=None, prog=None):
     device = torch.device(args.device)
     args.models = args.models or (["smallcnn"] if args.quick else ["preactresnet18", "wrn34_10"])
     args.iters = args.iters or (2 if args.quick else 20)
-    args.images, args.test_images, args.batch_size, args.attack_steps = \
+    args.images, args.test_images, args.batch_size, args.attack_steps = (
         (256, 64, 32, 2) if args.quick else (IMAGES_PER_EPOCH, 10_000, 128, 10)
+    )
     # Let cuDNN pick its fastest convolution algorithms, for every rung alike (the trainer does too).
     torch.backends.cudnn.benchmark = True
     parts = (args.only,) if args.only else PARTS
 
     import triton
+
     stem = os.path.splitext(args.out)[0] if args.out else None
     if args.only and stem and os.path.isfile(stem + ".json"):  # an earlier part of the same run (gpu_suite.sh)
         with open(stem + ".json") as f:
             result = json.load(f)
     else:
-        result = {"mode": device.type,
-                  "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-                  "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-                  "date": datetime.date.today().isoformat(), "batch_size": args.batch_size,
-                  "attack_steps": args.attack_steps, "iters": args.iters, "data": args.data or "synthetic",
-                  "models": {}, "end_to_end": None, "loaders": []}
+        result = {
+            "mode": device.type,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(),
+            "batch_size": args.batch_size,
+            "attack_steps": args.attack_steps,
+            "iters": args.iters,
+            "data": args.data or "synthetic",
+            "models": {},
+            "end_to_end": None,
+            "loaders": [],
+        }
 
     def save():
         if stem:
@@ -543,8 +659,7 @@ def main(argv=None, prog=None):
     if "ladder" in parts:
         for model in args.models:
             bench_model(args, model, info, train_labels, pool, device, peak, result, save, headline_only=False)
-        fastest = max((r.get("images_per_second", 0) for e in result["models"].values() for r in e["rungs"]),
-                      default=0)
+        fastest = max((r.get("images_per_second", 0) for e in result["models"].values() for r in e["rungs"]), default=0)
         result["loaders"] = bench_loaders(args, info, loader, device, fastest)
     save()
     report = markdown(result)

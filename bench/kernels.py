@@ -9,6 +9,7 @@ the fused op does the backward's work in its forward pass; their GB/s counts the
 move, the same for every provider. Times are medians of ``triton.testing.do_bench`` (CUDA events, L2 flushed).
 On a CPU there is nothing meaningful to time: it runs the correctness pass only and says so.
 """
+
 import argparse
 import json
 import platform
@@ -25,6 +26,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-9}  
 
 
 # ---- Inputs ---------------------------------------------------------------------------------------------------
+
 
 def pgd_inputs(shape, dtype, device, channels_last=False):
     x = torch.rand(shape, device=device)
@@ -49,6 +51,7 @@ def loss_inputs(batch, n_cols, dtype, device):
 
 # ---- Correctness ----------------------------------------------------------------------------------------------
 
+
 def _error(got, expected):
     """Largest error relative to the largest expected magnitude (a scale-free number to compare to tolerances)."""
     return ((got.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
@@ -63,22 +66,44 @@ def correctness(device, quick):
         x_adv, x, grad = pgd_inputs((3, 3, 17, 19), dtype, device, channels_last=True)
         out = K.pgd_step(x_adv, x, grad, STEP, torch.tensor(EPS, device=device))
         expected = R.pgd_step(x_adv.double(), x.double(), grad.double(), STEP, EPS)
-        checks.append({"op": "pgd_step", "dtype": str(dtype), "size": list(x.shape), "error": _error(out, expected),
-                       "tolerance": tol, "layout_kept": out.stride() == x_adv.stride()})
+        checks.append(
+            {
+                "op": "pgd_step",
+                "dtype": str(dtype),
+                "size": list(x.shape),
+                "error": _error(out, expected),
+                "tolerance": tol,
+                "layout_kept": out.stride() == x_adv.stride(),
+            }
+        )
         for batch, n_cols in sizes:
             z_adv, z_clean, labels, index, table = loss_inputs(batch, n_cols, dtype, device)
             table64 = table.double()
             z64 = z_adv.detach().double().requires_grad_()
             K.sglr_loss(z_adv, z_clean, labels, index, table, *HYPER).backward()
             R.sglr_loss(z64, z_clean.double(), labels, index, table64, *HYPER).backward()
-            checks.append({"op": "sglr_loss", "dtype": str(dtype), "size": [batch, n_cols], "tolerance": tol,
-                           "error": max(_error(z_adv.grad, z64.grad), _error(table, table64))})
+            checks.append(
+                {
+                    "op": "sglr_loss",
+                    "dtype": str(dtype),
+                    "size": [batch, n_cols],
+                    "tolerance": tol,
+                    "error": max(_error(z_adv.grad, z64.grad), _error(table, table64)),
+                }
+            )
             target = torch.rand(batch, n_cols, device=device)
             z_adv.grad, z64.grad = None, None
             K.soft_cross_entropy(z_adv, target).backward()
             R.soft_cross_entropy(z64, target.double()).backward()
-            checks.append({"op": "soft_cross_entropy", "dtype": str(dtype), "size": [batch, n_cols],
-                           "tolerance": tol, "error": _error(z_adv.grad, z64.grad)})
+            checks.append(
+                {
+                    "op": "soft_cross_entropy",
+                    "dtype": str(dtype),
+                    "size": [batch, n_cols],
+                    "tolerance": tol,
+                    "error": _error(z_adv.grad, z64.grad),
+                }
+            )
     for check in checks:
         check["ok"] = check["error"] <= check["tolerance"] and check.get("layout_kept", True)
         check["backend"] = K.backend(torch.empty(0, device=device))
@@ -87,10 +112,13 @@ def correctness(device, quick):
 
 # ---- Timing (CUDA only) ---------------------------------------------------------------------------------------
 
+
 def _median_ms(fn, grad_to_none=None, quick=False):
     from triton.testing import do_bench
-    return do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 200, grad_to_none=grad_to_none,
-                    return_mode="median")
+
+    return do_bench(
+        fn, warmup=10 if quick else 25, rep=40 if quick else 200, grad_to_none=grad_to_none, return_mode="median"
+    )
 
 
 def copy_bandwidth_gbps(quick):
@@ -114,9 +142,18 @@ def time_pgd(shape, dtype, channels_last, quick):
     records = []
     for provider, fn in providers.items():
         ms = _median_ms(lambda: fn(x_adv, x, grad, step, eps), quick=quick)
-        records.append({"op": "pgd_step", "provider": provider, "size": list(shape), "dtype": str(dtype),
-                        "layout": "channels_last" if channels_last else "contiguous", "us": ms * 1e3,
-                        "bytes": n_bytes, "gbps": n_bytes / (ms * 1e-3) / 1e9})
+        records.append(
+            {
+                "op": "pgd_step",
+                "provider": provider,
+                "size": list(shape),
+                "dtype": str(dtype),
+                "layout": "channels_last" if channels_last else "contiguous",
+                "us": ms * 1e3,
+                "bytes": n_bytes,
+                "gbps": n_bytes / (ms * 1e-3) / 1e9,
+            }
+        )
     return records
 
 
@@ -128,8 +165,10 @@ def time_losses(batch, n_cols, dtype, quick):
     elems = batch * n_cols
     # Minimal traffic of forward + backward: logits in, target (or clean logits and table rows) in, table rows
     # out, the logits' gradient out.
-    minimal = {"sglr_loss": elems * (3 * s + 2 * table.element_size()) + 2 * batch * 8,
-               "soft_cross_entropy": elems * (2 * s + target.element_size())}
+    minimal = {
+        "sglr_loss": elems * (3 * s + 2 * table.element_size()) + 2 * batch * 8,
+        "soft_cross_entropy": elems * (2 * s + target.element_size()),
+    }
     workloads = {
         "sglr_loss": (_providers(R.sglr_loss, K.sglr_loss), (z_adv, z_clean, labels, index, table, *HYPER)),
         "soft_cross_entropy": (_providers(R.soft_cross_entropy, K.soft_cross_entropy), (z_adv, target)),
@@ -138,16 +177,37 @@ def time_losses(batch, n_cols, dtype, quick):
     for op, (providers, args) in workloads.items():
         for provider, fn in providers.items():
             ms = _median_ms(lambda: fn(*args).backward(), grad_to_none=[z_adv], quick=quick)
-            records.append({"op": op + " fwd+bwd", "provider": provider, "size": [batch, n_cols], "dtype": str(dtype),
-                            "us": ms * 1e3, "bytes": minimal[op], "gbps": minimal[op] / (ms * 1e-3) / 1e9})
+            records.append(
+                {
+                    "op": op + " fwd+bwd",
+                    "provider": provider,
+                    "size": [batch, n_cols],
+                    "dtype": str(dtype),
+                    "us": ms * 1e3,
+                    "bytes": minimal[op],
+                    "gbps": minimal[op] / (ms * 1e-3) / 1e9,
+                }
+            )
     # The fused forward kernel alone, with the bytes it actually moves (its backward is one scaling pass).
     with torch.no_grad():
-        ms = _median_ms(lambda: torch.ops.fastsglr.sglr_forward(z_adv, z_clean, labels, index, table,
-                                                                        K.sglr_settings(*HYPER, "cuda")),
-                        quick=quick)
+        ms = _median_ms(
+            lambda: torch.ops.fastsglr.sglr_forward(
+                z_adv, z_clean, labels, index, table, K.sglr_settings(*HYPER, "cuda")
+            ),
+            quick=quick,
+        )
     n_bytes = elems * (3 * s + 2 * table.element_size()) + batch * (8 + 8 + 4)
-    records.append({"op": "sglr_forward kernel", "provider": "fused", "size": [batch, n_cols], "dtype": str(dtype),
-                    "us": ms * 1e3, "bytes": n_bytes, "gbps": n_bytes / (ms * 1e-3) / 1e9})
+    records.append(
+        {
+            "op": "sglr_forward kernel",
+            "provider": "fused",
+            "size": [batch, n_cols],
+            "dtype": str(dtype),
+            "us": ms * 1e3,
+            "bytes": n_bytes,
+            "gbps": n_bytes / (ms * 1e-3) / 1e9,
+        }
+    )
     return records
 
 
@@ -174,6 +234,7 @@ def timings(quick):
 
 # ---- Main -----------------------------------------------------------------------------------------------------
 
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
@@ -183,21 +244,30 @@ def main(argv=None):
 
     torch.manual_seed(0)
     checks = correctness(args.device, args.quick)
-    result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "backend": K.backend(torch.empty(0, device=args.device)),
-              "checks": checks, "timings": []}
+    result = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "backend": K.backend(torch.empty(0, device=args.device)),
+        "checks": checks,
+        "timings": [],
+    }
     for c in checks:
-        print(f"check {c['op']:<20} {c['dtype']:<16} {str(c['size']):<18} error {c['error']:.2e} "
-              f"(tolerance {c['tolerance']:.1e}) {'ok' if c['ok'] else 'FAILED'}")
+        print(
+            f"check {c['op']:<20} {c['dtype']:<16} {str(c['size']):<18} error {c['error']:.2e} "
+            f"(tolerance {c['tolerance']:.1e}) {'ok' if c['ok'] else 'FAILED'}"
+        )
     if args.device == "cuda":
         import triton
+
         result["triton"] = triton.__version__
         result["mode"] = "timed"
         result["copy_gbps"], result["timings"] = timings(args.quick)
         print(f"device-to-device copy: {result['copy_gbps']:.0f} GB/s")
         for r in result["timings"]:
-            print(f"{r['op']:<26} {r['provider']:<14} {str(r['size']):<20} {r['dtype']:<15} {r['us']:9.1f} us "
-                  f"{r['gbps']:7.0f} GB/s {100 * r['fraction_of_copy']:5.1f}% of copy")
+            print(
+                f"{r['op']:<26} {r['provider']:<14} {str(r['size']):<20} {r['dtype']:<15} {r['us']:9.1f} us "
+                f"{r['gbps']:7.0f} GB/s {100 * r['fraction_of_copy']:5.1f}% of copy"
+            )
     else:
         result["mode"] = "correctness-only"
         print(f"CPU ({result['backend']} backend): correctness pass only, no timings (they need a GPU).")

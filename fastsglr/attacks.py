@@ -10,6 +10,7 @@ robust-overfitting code crafts in train mode; the authors' SGLS ``main_adv.py``,
 
 Attack losses are summed, not averaged, over the batch, so a sample's gradient does not depend on the batch size.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,8 +81,19 @@ def _attack_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
     return cw_margin(logits, labels).sum()
 
 
-def pgd(model, x: Tensor, labels: Tensor, *, eps, step_size, steps: int, loss: str = "ce", random_start: bool = True,
-        extra=None, ops=PLAIN_OPS) -> Tensor:
+def pgd(
+    model,
+    x: Tensor,
+    labels: Tensor,
+    *,
+    eps,
+    step_size,
+    steps: int,
+    loss: str = "ce",
+    random_start: bool = True,
+    extra=None,
+    ops=PLAIN_OPS,
+) -> Tensor:
     """l-inf PGD (Madry et al.) maximising CE or the CW margin; returns the detached adversarial batch.
 
     The start is uniform in the eps-ball (clipped to [0, 1]) when ``random_start``, else x itself. ``extra``: None, or

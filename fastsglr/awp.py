@@ -15,6 +15,7 @@ Here the proxy is a functional computation: the gradient g of the proxy loss wit
 SGD step on the negated loss moves the proxy by. The label strategy (LS, TE, SGLR) shapes the training loss only:
 the ascent uses the hard labels, as AWP's code does, so no per-sample table is touched twice.
 """
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -34,8 +35,11 @@ def _proxy_loss(logits_of, x, x_adv, labels, objective):
     """The hard-label training loss AWP's proxy ascends (mean CE; TRADES adds beta * batchmean KL)."""
     if objective.method == "trades":
         logits_clean = logits_of(x).float()
-        robust = F.kl_div(torch.log_softmax(logits_of(x_adv).float(), dim=1), torch.softmax(logits_clean, dim=1),
-                          reduction="batchmean")
+        robust = F.kl_div(
+            torch.log_softmax(logits_of(x_adv).float(), dim=1),
+            torch.softmax(logits_clean, dim=1),
+            reduction="batchmean",
+        )
         return F.cross_entropy(logits_clean, labels) + objective.trades_beta.to(robust.dtype) * robust
     return F.cross_entropy(logits_of(x_adv).float(), labels)
 
@@ -53,6 +57,7 @@ def weight_perturbation(model, x, x_adv, labels, objective) -> dict:
     def loss_at(weights, buffers):
         def logits_of(inputs):
             return functional_call(model, ({**others, **weights}, buffers), (inputs,))
+
         return _proxy_loss(logits_of, x, x_adv, labels, objective)
 
     weights = {name: p.detach() for name, p in model.named_parameters() if name in names}

@@ -9,6 +9,7 @@ never ends or stops with a write unfinished. A job's error (say, a full disk: a 
 is, by the next wait in the training thread. Every write is atomic (``files.atomic_file``), so a crash in the middle
 of a job leaves the previous good file.
 """
+
 import threading
 
 import torch

@@ -4,6 +4,7 @@ Written atomically (temp file, fsync, rename), so a crash mid-write leaves the p
 names a file damaged afterwards (a truncated copy, a bad disk) as such instead of unpickling garbage. ``last.pt``
 keeps its predecessor as ``last.prev.pt``, which resume falls back to when ``last.pt`` is damaged.
 """
+
 import hashlib
 import io
 import json
@@ -33,8 +34,12 @@ def save_checkpoint(path, state: dict, keep_previous=False):
     payload = buffer.getvalue()
     header = b"%s %d %s\n" % (MAGIC, FORMAT_VERSION, hashlib.sha256(payload).hexdigest().encode())
     # Only training writes checkpoints, so a full disk is fixed by resuming the run from its last good one.
-    with atomic_file(path, "wb", fix=resume_fix(os.path.dirname(path) or "."),
-                     previous=previous_path(path) if keep_previous else None) as f:
+    with atomic_file(
+        path,
+        "wb",
+        fix=resume_fix(os.path.dirname(path) or "."),
+        previous=previous_path(path) if keep_previous else None,
+    ) as f:
         f.write(header)
         f.write(payload)
 
@@ -49,8 +54,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if len(fields) != 3 or fields[0] != MAGIC or not fields[1].isdigit():
         raise UsageError(f"checkpoint {path} is not a fastsglr checkpoint (no fastsglr header)")
     if int(fields[1]) != FORMAT_VERSION:
-        raise UsageError(f"checkpoint {path} has format {int(fields[1])}; this fastsglr reads format "
-                         f"{FORMAT_VERSION}: use the fastsglr version that wrote it")
+        raise UsageError(
+            f"checkpoint {path} has format {int(fields[1])}; this fastsglr reads format "
+            f"{FORMAT_VERSION}: use the fastsglr version that wrote it"
+        )
     if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
         raise UsageError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
     # The header's checksum only proves the file is intact: anyone can compute it. weights_only unpickles tensors
@@ -58,8 +65,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        raise UsageError(f"checkpoint {path} holds objects other than tensors and plain data, which could run code "
-                         f"when loaded: refused (use a checkpoint written by fastsglr)") from None
+        raise UsageError(
+            f"checkpoint {path} holds objects other than tensors and plain data, which could run code "
+            f"when loaded: refused (use a checkpoint written by fastsglr)"
+        ) from None
 
 
 def load_resume_state(run_dir, world=None, map_location="cpu", log=print) -> dict:
@@ -79,15 +88,21 @@ def load_resume_state(run_dir, world=None, map_location="cpu", log=print) -> dic
         log(f"warning: {exc}; resuming from the previous good checkpoint {prev}")
         return load_checkpoint(prev, map_location)
     written_by, size = state.get("world_size", 1), 1 if world is None else world.size
-    if not state.get("step") or (written_by, state.get("torchrun", False)) == (size, world is not None and
-                                                                               world.launched):
+    if not state.get("step") or (written_by, state.get("torchrun", False)) == (
+        size,
+        world is not None and world.launched,
+    ):
         return state
     start = load_checkpoint(prev, map_location) if os.path.isfile(prev) else {}
     if start.get("step", 1) != 0 or start.get("epoch") != state["epoch"]:
-        raise UsageError(f"{last} was written mid-epoch by {written_by} ranks and the epoch's start is gone: "
-                         f"resume with {written_by} ranks")
-    log(f"{last} was written mid-epoch by {written_by} ranks; with {size}, epoch {state['epoch'] + 1} "
-        f"restarts from its start ({prev})")
+        raise UsageError(
+            f"{last} was written mid-epoch by {written_by} ranks and the epoch's start is gone: "
+            f"resume with {written_by} ranks"
+        )
+    log(
+        f"{last} was written mid-epoch by {written_by} ranks; with {size}, epoch {state['epoch'] + 1} "
+        f"restarts from its start ({prev})"
+    )
     return start
 
 
@@ -103,8 +118,10 @@ def resume_config(run_dir) -> Config:
             return Config.from_dict(json.load(f))
     except (ValueError, TypeError, UsageError) as exc:  # TypeError: valid JSON, but not an object
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise UsageError(f"{path} is damaged ({detail}): restore it, or delete it and resume from the copy of the "
-                         f"config inside last.pt") from None
+        raise UsageError(
+            f"{path} is damaged ({detail}): restore it, or delete it and resume from the copy of the "
+            f"config inside last.pt"
+        ) from None
 
 
 def load_model(path, device="cpu"):
@@ -126,8 +143,10 @@ def check_same_data(state, checksums, path, data, fix):
     noise, say): same name, same shapes, other labels or images. ``checksums``: the data directory's files now."""
     for name, expected in state["data_checksums"].items():
         if checksums.get(name, expected) != expected:
-            raise UsageError(f"{os.path.join(data, name)} changed since {path} was written (its checksum differs: "
-                             f"the data directory was re-prepared or replaced): {fix}")
+            raise UsageError(
+                f"{os.path.join(data, name)} changed since {path} was written (its checksum differs: "
+                f"the data directory was re-prepared or replaced): {fix}"
+            )
 
 
 def _images(classes, channels, size) -> str:
@@ -144,8 +163,10 @@ def check_checkpoint_fits_data(state, info, path, fix=None):
     if built == holds and trained_on == info.dataset:
         return
     fix = fix or f"pass --data with the data the checkpoint was trained on, or a checkpoint trained on {info.dataset}"
-    raise UsageError(f"checkpoint {path} was trained on {trained_on} ({_images(*built)}) but "
-                     f"{info.root} holds {info.dataset} ({_images(*holds)}): {fix}")
+    raise UsageError(
+        f"checkpoint {path} was trained on {trained_on} ({_images(*built)}) but "
+        f"{info.root} holds {info.dataset} ({_images(*holds)}): {fix}"
+    )
 
 
 def estimate_run_bytes(model_name) -> int:

@@ -3,6 +3,7 @@
 `train`'s flags are generated from ``Config``'s fields (``config.option``: parser, choices, help), and the flags of
 eval and reproduce that are Config options reuse those definitions; the rest map onto the keyword arguments of
 ``robustness.run_eval`` (eval) and ``reproduce.reproduce`` (reproduce). Nothing else lives here."""
+
 import argparse
 import dataclasses
 import os
@@ -18,17 +19,29 @@ def _add_prepare(sub):
     from .data.noise import NOISE_TYPES
     from .data.sources import DATASETS
 
-    p = sub.add_parser("prepare", help="write a data directory (train.npz, test.npz, meta.json; betons with FFCV)",
-                       description="Read a raw data set, optionally corrupt its training labels, and write its arrays "
-                                   "(and FFCV files where FFCV is installed).")
+    p = sub.add_parser(
+        "prepare",
+        help="write a data directory (train.npz, test.npz, meta.json; betons with FFCV)",
+        description="Read a raw data set, optionally corrupt its training labels, and write its arrays "
+        "(and FFCV files where FFCV is installed).",
+    )
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", help="where the raw files are (CIFAR: the python-pickle release or its .tar.gz)")
     p.add_argument("--out", required=True, help="the data directory to write")
-    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
-                   help="fraction of training labels to corrupt, in [0, 1)")
-    p.add_argument("--noise-type", default="symmetric", choices=NOISE_TYPES,
-                   help="symmetric: resample a RATE share of labels over all classes (the paper's); symmetric-flip: "
-                        "move exactly that share to another class; asymmetric: CIFAR class flips")
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of training labels to corrupt, in [0, 1)",
+    )
+    p.add_argument(
+        "--noise-type",
+        default="symmetric",
+        choices=NOISE_TYPES,
+        help="symmetric: resample a RATE share of labels over all classes (the paper's); symmetric-flip: "
+        "move exactly that share to another class; asymmetric: CIFAR class flips",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the label noise and of synthetic data")
     p.add_argument("--synthetic-train", type=int, default=50_000, metavar="N", help="synthetic: training images")
     p.add_argument("--synthetic-test", type=int, default=10_000, metavar="N", help="synthetic: test images")
@@ -42,10 +55,20 @@ def _run_prepare(args):
     C.check_range("seed", args.seed, 0, C.SEED_MAX)
     C.check_range("synthetic_train", args.synthetic_train, 1, 10**8)
     C.check_range("synthetic_test", args.synthetic_test, 1, 10**8)
-    meta = prepare(args.dataset, args.out, root=args.root, label_noise=args.label_noise, noise_type=args.noise_type,
-                   seed=args.seed, synthetic_train=args.synthetic_train, synthetic_test=args.synthetic_test)
-    print(f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "
-          f"{meta['num_classes']} classes, {meta['noise']['realised_rate']:.1%} of training labels wrong")
+    meta = prepare(
+        args.dataset,
+        args.out,
+        root=args.root,
+        label_noise=args.label_noise,
+        noise_type=args.noise_type,
+        seed=args.seed,
+        synthetic_train=args.synthetic_train,
+        synthetic_test=args.synthetic_test,
+    )
+    print(
+        f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "
+        f"{meta['num_classes']} classes, {meta['noise']['realised_rate']:.1%} of training labels wrong"
+    )
     return 0
 
 
@@ -79,8 +102,13 @@ def _add_option(parser, name, default=None, check_choices=False, help=None):
     text = text.replace("%", "%%")  # argparse formats help with %
     if parse is bool:
         return parser.add_argument(_flag(name), action="store_true", help=text)
-    return parser.add_argument(_flag(name), type=parse, metavar=name.upper(), help=text,
-                               **({"choices": meta["choices"]} if check_choices else {}))
+    return parser.add_argument(
+        _flag(name),
+        type=parse,
+        metavar=name.upper(),
+        help=text,
+        **({"choices": meta["choices"]} if check_choices else {}),
+    )
 
 
 def _presets_epilog() -> str:
@@ -93,11 +121,15 @@ def _presets_epilog() -> str:
 
 def _add_train(sub):
     # argparse's defaults are SUPPRESSed: only the flags a user typed override the preset and Config's defaults.
-    p = sub.add_parser("train", help="adversarial training (PGD-AT / TRADES with hard, LS, TE or SGLR labels)",
-                       description="Train a robust classifier. Defaults are the paper's settings; a --preset "
-                                   "overrides them and explicit flags override the preset.",
-                       epilog=_presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "train",
+        help="adversarial training (PGD-AT / TRADES with hard, LS, TE or SGLR labels)",
+        description="Train a robust classifier. Defaults are the paper's settings; a --preset "
+        "overrides them and explicit flags override the preset.",
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--preset", help=f"named settings, listed below: {', '.join(C.PRESETS)}")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -143,8 +175,10 @@ def _run_train(args):
         cfg = C.validate(cfg)  # a hand-edited file too
         for name in C.OPTIONS:
             if hasattr(args, name) and not _same_setting(name, getattr(args, name), getattr(cfg, name)):
-                raise UsageError(f"{_flag(name)} {getattr(args, name)} conflicts with the run being resumed "
-                                 f"({getattr(cfg, name)}): drop the flag, or start a new run with --out")
+                raise UsageError(
+                    f"{_flag(name)} {getattr(args, name)} conflicts with the run being resumed "
+                    f"({getattr(cfg, name)}): drop the flag, or start a new run with --out"
+                )
     else:
         cfg = config_from_args(args)
     train(cfg, resume=bool(getattr(args, "resume", None)), overwrite=getattr(args, "overwrite", False))
@@ -152,21 +186,28 @@ def _run_train(args):
 
 
 def _add_eval(sub):
-    p = sub.add_parser("eval", help="robustness of a checkpoint or a run directory (clean, PGD-20, CW, AutoAttack, "
-                                    "Square, transfer), with gradient-masking checks",
-                       description="Attack a checkpoint, or a run directory's best.pt and final.pt (then a best / "
-                                   "final / diff table), and write a JSON report. eps and the data default to the "
-                                   "checkpoint's training settings; AutoAttack uses the original's standard settings.")
+    p = sub.add_parser(
+        "eval",
+        help="robustness of a checkpoint or a run directory (clean, PGD-20, CW, AutoAttack, "
+        "Square, transfer), with gradient-masking checks",
+        description="Attack a checkpoint, or a run directory's best.pt and final.pt (then a best / "
+        "final / diff table), and write a JSON report. eps and the data default to the "
+        "checkpoint's training settings; AutoAttack uses the original's standard settings.",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file, or a run directory (best.pt and final.pt)")
     p.add_argument("--data", help="a data directory (default: the checkpoint's training data)")
-    p.add_argument("--attacks", default="clean,pgd20,pgd20-sgls,cw,autoattack",
-                   help="comma-separated: clean, pgdK (e.g. pgd20: K steps of eps/4), pgd20-sgls (the authors' "
-                        "evaluator: eps 0.031, step 0.003 at eps 8/255), cw, autoattack, square, transfer "
-                        "(PGD-20 on --source), transfer-pgdK, transfer-cw (default: %(default)s)")
+    p.add_argument(
+        "--attacks",
+        default="clean,pgd20,pgd20-sgls,cw,autoattack",
+        help="comma-separated: clean, pgdK (e.g. pgd20: K steps of eps/4), pgd20-sgls (the authors' "
+        "evaluator: eps 0.031, step 0.003 at eps 8/255), cw, autoattack, square, transfer "
+        "(PGD-20 on --source), transfer-pgdK, transfer-cw (default: %(default)s)",
+    )
     p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: all)")
     _add_option(p, "eps", default="the checkpoint's")
-    p.add_argument("--source", metavar="CHECKPOINT", help="transfer: the checkpoint the adversarial examples are "
-                                                           "crafted on")
+    p.add_argument(
+        "--source", metavar="CHECKPOINT", help="transfer: the checkpoint the adversarial examples are crafted on"
+    )
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attacked batch (default: 256)")
@@ -178,35 +219,64 @@ def _add_eval(sub):
 def _run_eval(args):
     from .robustness import run_eval
 
-    run_eval(args.checkpoint, out=args.out, data=args.data, attacks=args.attacks, n=args.n, eps=args.eps,
-             source=args.source, checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size,
-             device=args.device)
+    run_eval(
+        args.checkpoint,
+        out=args.out,
+        data=args.data,
+        attacks=args.attacks,
+        n=args.n,
+        eps=args.eps,
+        source=args.source,
+        checks=not args.no_checks,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     return 0
 
 
 def _add_reproduce(sub):
-    p = sub.add_parser("reproduce", help="one of the paper's tables as a grid of runs, beside the paper's numbers",
-                       description="Train (or resume) the runs of one of the paper's tables in --out, evaluate them "
-                                   "and render the table in markdown with the paper's number beside each measured "
-                                   "one, plus the runs' curves. Running it again resumes where it stopped.")
-    p.add_argument("table", help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1) | "
-                                 "transfer (Table B.3) | wrn (Table B.4) | schedules (Fig. B.7)")
-    p.add_argument("--data", action="append", required=True, metavar="DATA_DIR",
-                   help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
-                        "a digits or synthetic directory stands in for every data set not given")
+    p = sub.add_parser(
+        "reproduce",
+        help="one of the paper's tables as a grid of runs, beside the paper's numbers",
+        description="Train (or resume) the runs of one of the paper's tables in --out, evaluate them "
+        "and render the table in markdown with the paper's number beside each measured "
+        "one, plus the runs' curves. Running it again resumes where it stopped.",
+    )
+    p.add_argument(
+        "table",
+        help="table2 | table3 | table4 | noise (Table B.2) | calibration (Table B.1) | "
+        "transfer (Table B.3) | wrn (Table B.4) | schedules (Fig. B.7)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DATA_DIR",
+        help="a data directory, once per data set the table needs (table3: CIFAR-10 and CIFAR-100); "
+        "a digits or synthetic directory stands in for every data set not given",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where the runs, the table and the figures go")
-    _add_option(p, "epochs", default="the table's", help="train each run this many epochs: a quick look, which the "
-                                                        "table says")
+    _add_option(
+        p, "epochs", default="the table's", help="train each run this many epochs: a quick look, which the table says"
+    )
     _add_option(p, "eval_subset", default="all", help="evaluate on N test images: a quick look, which the table says")
     p.add_argument("--root", help="noise on CIFAR: the folder with the raw CIFAR files, to write the noisy copies")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking sanity checks")
     _add_option(p, "device", check_choices=True)
     _add_option(p, "engine", check_choices=True)
-    _add_option(p, "model", default="resnet18 on raw inputs, the paper's, or the table's own (wrn: wrn34_10); on "
-                                   "digits the demo preset's smallcnn")
-    p.add_argument("--sglr", choices=("paper", "sgls-code", "both"),
-                   help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
-                        "released code (r 1, T 1, warm-up); default: both")
+    _add_option(
+        p,
+        "model",
+        default="resnet18 on raw inputs, the paper's, or the table's own (wrn: wrn34_10); on "
+        "digits the demo preset's smallcnn",
+    )
+    p.add_argument(
+        "--sglr",
+        choices=("paper", "sgls-code", "both"),
+        help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
+        "released code (r 1, T 1, warm-up); default: both",
+    )
     _add_option(p, "precision", check_choices=True)
     p.set_defaults(run=_run_reproduce)
 
@@ -214,16 +284,28 @@ def _add_reproduce(sub):
 def _run_reproduce(args):
     from .reproduce import reproduce
 
-    reproduce(args.table, args.data, args.out, epochs=args.epochs, eval_subset=args.eval_subset, root=args.root,
-              checks=not args.no_checks, device=args.device, engine=args.engine, precision=args.precision,
-              model=args.model, sglr=args.sglr)
+    reproduce(
+        args.table,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        eval_subset=args.eval_subset,
+        root=args.root,
+        checks=not args.no_checks,
+        device=args.device,
+        engine=args.engine,
+        precision=args.precision,
+        model=args.model,
+        sglr=args.sglr,
+    )
     return 0
 
 
 def _add_bench(sub):
     # Every argument, --help included, is the benchmark's own (main() hands them over as ``args.rest``).
-    p = sub.add_parser("bench", add_help=False,
-                       help="epochs per hour: the fast engine's ablation ladder (bench/epochs_per_hour.py)")
+    p = sub.add_parser(
+        "bench", add_help=False, help="epochs per hour: the fast engine's ablation ladder (bench/epochs_per_hour.py)"
+    )
     p.set_defaults(run=_run_bench, takes_rest=True)
 
 
@@ -235,8 +317,10 @@ def _run_bench(args):
     # install): an editable install, which `make` sets up, finds them in the checkout.
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "epochs_per_hour.py")
     if not os.path.isfile(script):
-        raise UsageError("`fastsglr bench` runs bench/epochs_per_hour.py of a source checkout, which this install "
-                         "lacks: clone the repository and `pip install -e` it")
+        raise UsageError(
+            "`fastsglr bench` runs bench/epochs_per_hour.py of a source checkout, which this install "
+            "lacks: clone the repository and `pip install -e` it"
+        )
     return runpy.run_path(script)["main"](args.rest, prog="fastsglr bench")
 
 

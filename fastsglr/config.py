@@ -4,6 +4,7 @@ Every option of a run lives here, with its help and choices (``option``); the CL
 from these fields. A preset is a set of overrides on top of the defaults (which are the paper's settings), and
 explicit flags override the preset.
 """
+
 import dataclasses
 import json
 import math
@@ -64,12 +65,19 @@ class Config:
     # --- data and model ---
     data: str = option("", "a data directory written by `fastsglr prepare`")
     model: str = option("preactresnet18", "the network", choices=MODEL_NAMES)
-    input_norm: str = option("data", "data: normalise by the training images' per-channel mean/std inside the model; "
-                                     "none: raw [0, 1] inputs, as the authors' SGLS code and TRADES",
-                             choices=INPUT_NORMS, noun="input normalisation")
-    loader: str = option("", "ffcv: stream the betons; device: the whole data set held on the training device (both "
-                             "yield the same batches)", choices=LOADERS,
-                         omitted="ffcv where it can be imported, else device")
+    input_norm: str = option(
+        "data",
+        "data: normalise by the training images' per-channel mean/std inside the model; "
+        "none: raw [0, 1] inputs, as the authors' SGLS code and TRADES",
+        choices=INPUT_NORMS,
+        noun="input normalisation",
+    )
+    loader: str = option(
+        "",
+        "ffcv: stream the betons; device: the whole data set held on the training device (both yield the same batches)",
+        choices=LOADERS,
+        omitted="ffcv where it can be imported, else device",
+    )
 
     # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
     method: str = option("pgd-at", "pgd-at (Madry et al.) or trades", choices=METHODS)
@@ -77,27 +85,45 @@ class Config:
     step_size: float = option(2 / 255, "training attack step, e.g. 2/255", parse=parse_fraction)
     attack_steps: int = option(10, "training attack steps")
     trades_beta: float = option(6.0, "TRADES: weight of the KL term")
-    attack_bn_mode: str = option("eval", "BN mode while crafting training attacks (SGLS and AWP code: eval; Rice et "
-                                         "al.: train)", choices=BN_MODES, noun="attack BN mode")
-    awp_gamma: float = option(0.0, "AWP (awp.py): size of the weight perturbation relative to ||w|| (0: off; Wu et "
-                                   "al.'s code: 0.01 for PGD-AT, 0.005 for TRADES)")
-    awp_warmup: int = option(0, "AWP: epochs without the perturbation first (AWP's code: 0 for PGD-AT; TRADES "
-                                "--awp-warmup 10 counting epochs from 1, i.e. 9 here)")
+    attack_bn_mode: str = option(
+        "eval",
+        "BN mode while crafting training attacks (SGLS and AWP code: eval; Rice et al.: train)",
+        choices=BN_MODES,
+        noun="attack BN mode",
+    )
+    awp_gamma: float = option(
+        0.0,
+        "AWP (awp.py): size of the weight perturbation relative to ||w|| (0: off; Wu et "
+        "al.'s code: 0.01 for PGD-AT, 0.005 for TRADES)",
+    )
+    awp_warmup: int = option(
+        0,
+        "AWP: epochs without the perturbation first (AWP's code: 0 for PGD-AT; TRADES "
+        "--awp-warmup 10 counting epochs from 1, i.e. 9 here)",
+    )
 
     # --- label strategy ---
-    labels: str = option("sglr", "label strategy: hard, label smoothing, temporal ensembling or SGLR",
-                         choices=LABEL_STRATEGIES, noun="label strategy")
+    labels: str = option(
+        "sglr",
+        "label strategy: hard, label smoothing, temporal ensembling or SGLR",
+        choices=LABEL_STRATEGIES,
+        noun="label strategy",
+    )
     r: float = option(0.2, "LS smoothing and SGLR mixing weight of the refined label")
     temperature: float = option(1.5, "SGLR: temperature T of the softmax that forms the refined label")
     ema_momentum: float = option(0.9, "SGLR alpha and TE momentum: weight of the old per-sample row")
     lam: float = option(0.2, "SGLR: weight of the clean prediction in the refined label")
-    ema_init: str = option("onehot", "SGLR table start: onehot (released code) or zeros (Algorithm 1)",
-                           choices=EMA_INITS, noun="ema init")
+    ema_init: str = option(
+        "onehot", "SGLR table start: onehot (released code) or zeros (Algorithm 1)", choices=EMA_INITS, noun="ema init"
+    )
     sglr_warmup: int = option(0, "SGLR: epochs of hard-label training before refinement starts")
     te_weight: float = option(300.0, "TE: weight w of the mean over batch x classes of (softmax(z) - p^_i)^2")
     te_start: float = option(0.45, "TE: fraction of the epochs before which w = 0 and the table is frozen")
-    te_end: float = option(0.75, "TE: fraction of the epochs where w's sigmoid ramp-up reaches --te-weight (Dong et "
-                                 "al.'s train_te.py: 300, epochs 90 and 150 of 200)")
+    te_end: float = option(
+        0.75,
+        "TE: fraction of the epochs where w's sigmoid ramp-up reaches --te-weight (Dong et "
+        "al.'s train_te.py: 300, epochs 90 and 150 of 200)",
+    )
 
     # --- optimisation (the paper's: SGD 0.9, wd 5e-4, lr 0.1, batch 128, 200 epochs, x0.1 at 100 and 150) ---
     epochs: int = option(200, "training epochs")
@@ -105,29 +131,41 @@ class Config:
     lr: float = option(0.1, "initial learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("piecewise", "piecewise: lr times --lr-decay at each milestone; cosine: to 0",
-                           choices=SCHEDULES)
-    milestones: tuple = option((0.5, 0.75), "piecewise: comma-separated fractions of the epochs where the lr drops",
-                               parse=parse_fractions)
+    schedule: str = option(
+        "piecewise", "piecewise: lr times --lr-decay at each milestone; cosine: to 0", choices=SCHEDULES
+    )
+    milestones: tuple = option(
+        (0.5, 0.75), "piecewise: comma-separated fractions of the epochs where the lr drops", parse=parse_fractions
+    )
     lr_decay: float = option(0.1, "piecewise: factor of the lr at each milestone")
 
     # --- evaluation after every epoch (or every eval_every-th) ---
-    eval_every: int = option(1, "evaluate every K epochs and the last one (best.pt, the paper's best checkpoint, "
-                                "needs every epoch)")
+    eval_every: int = option(
+        1, "evaluate every K epochs and the last one (best.pt, the paper's best checkpoint, needs every epoch)"
+    )
     eval_subset: int = option(0, "evaluate each epoch on a fixed seeded subset of N test images (0: all)")
     eval_steps: int = option(20, "PGD steps of the per-epoch evaluation")
     eval_step_size: float = option(0.0, "PGD step of the per-epoch evaluation (0: eps/4)", parse=parse_fraction)
-    hessian_probes: int = option(0, "per epoch, the Hessian trace of the adversarial training loss on a fixed batch "
-                                    "by Hutchinson's estimator with this many probes (Fig. B.7, sharpness.py; 0: off)")
+    hessian_probes: int = option(
+        0,
+        "per epoch, the Hessian trace of the adversarial training loss on a fixed batch "
+        "by Hutchinson's estimator with this many probes (Fig. B.7, sharpness.py; 0: off)",
+    )
 
     # --- run ---
     device: str = option("cpu", "the torch device", choices=DEVICES, omitted="cuda when available")
-    engine: str = option("", "fast: compiled (CUDA: channels-last, CUDA graph); reference: eager", choices=ENGINES,
-                         omitted="fast on CUDA, reference on CPU")
-    precision: str = option("", "the fast engine's compute precision", choices=PRECISIONS,
-                            omitted="bf16 on CUDA, fp32 on CPU")
-    sync_bn: bool = option(False, "torchrun: SyncBatchNorm over the global batch (CUDA only) instead of per-rank "
-                                  "BatchNorm")
+    engine: str = option(
+        "",
+        "fast: compiled (CUDA: channels-last, CUDA graph); reference: eager",
+        choices=ENGINES,
+        omitted="fast on CUDA, reference on CPU",
+    )
+    precision: str = option(
+        "", "the fast engine's compute precision", choices=PRECISIONS, omitted="bf16 on CUDA, fp32 on CPU"
+    )
+    sync_bn: bool = option(
+        False, "torchrun: SyncBatchNorm over the global batch (CUDA only) instead of per-rank BatchNorm"
+    )
     seed: int = option(0, "seed of initialisation, attacks, order and augmentation")
     out: str = option("", "the run directory to write")
     preset: str = ""  # not an option: apply_preset records the --preset applied
@@ -164,7 +202,6 @@ class Config:
         return cls(**d)
 
 
-
 OPTIONS = {f.name: f for f in fields(Config) if "help" in f.metadata}  # the fields a user sets, each with its flag
 
 PRESETS = {
@@ -172,11 +209,20 @@ PRESETS = {
     "paper": dict(labels="sglr", r=0.2, temperature=1.5, ema_momentum=0.9, lam=0.2, ema_init="onehot", sglr_warmup=0),
     # The authors' released code (devicerxx/SGLS losses/loss.py, class SGLS): no r-mixing, T = 1, and plain CE while
     # epoch < es. run_sgls.sh means es = 90 and main_adv.py counts epochs from 1: 89 CE epochs (ours count from 0).
-    "sgls-code": dict(labels="sglr", r=1.0, temperature=1.0, ema_momentum=0.9, lam=0.2, ema_init="onehot",
-                      sglr_warmup=89),
+    "sgls-code": dict(
+        labels="sglr", r=1.0, temperature=1.0, ema_momentum=0.9, lam=0.2, ema_init="onehot", sglr_warmup=89
+    ),
     # A few minutes on 2 CPU cores: the small CNN on 8x8 digits, where eps 8/255 would be too weak to matter.
-    "demo": dict(model="smallcnn", eps=32 / 255, step_size=8 / 255, attack_steps=5, epochs=30,
-                 batch_size=64, lr=0.05, eval_steps=10),
+    "demo": dict(
+        model="smallcnn",
+        eps=32 / 255,
+        step_size=8 / 255,
+        attack_steps=5,
+        epochs=30,
+        batch_size=64,
+        lr=0.05,
+        eval_steps=10,
+    ),
 }
 
 
@@ -207,9 +253,12 @@ def resolve_device_defaults(cfg: Config) -> Config:
     from .data.beton import ffcv_available
 
     on_cuda = cfg.device == "cuda"
-    return dataclasses.replace(cfg, engine=cfg.engine or ("fast" if on_cuda else "reference"),
-                               precision=cfg.precision or ("bf16" if on_cuda and cfg.engine != "reference" else "fp32"),
-                               loader=cfg.loader or ("ffcv" if ffcv_available() else "device"))
+    return dataclasses.replace(
+        cfg,
+        engine=cfg.engine or ("fast" if on_cuda else "reference"),
+        precision=cfg.precision or ("bf16" if on_cuda and cfg.engine != "reference" else "fp32"),
+        loader=cfg.loader or ("ffcv" if ffcv_available() else "device"),
+    )
 
 
 def validate(cfg: Config) -> Config:
@@ -261,4 +310,3 @@ def validate(cfg: Config) -> Config:
 def n_epochs(n: int) -> str:
     """'1 epoch', '30 epochs'."""
     return f"{n} epoch{'' if n == 1 else 's'}"
-

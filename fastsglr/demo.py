@@ -3,6 +3,7 @@
 Small enough for 2 CPU cores in a few minutes: the small CNN on 8x8 digits, with eps 32/255 (8/255 is too weak a
 perturbation to matter at this resolution). Prints each run's per-epoch table and the best / final / diff table.
 """
+
 import argparse
 import dataclasses
 import os

@@ -18,6 +18,7 @@ What each rank does, and what keeps them one run:
 - Only rank 0 writes the run directory; every rank reads the checkpoint to resume.
 Outside torchrun, ``World()`` is one process and every function here is a no-op.
 """
+
 import os
 from dataclasses import dataclass
 
@@ -46,8 +47,10 @@ def init_world(device: str) -> World:
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), True)
     if device == "cuda":
         if world.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"torchrun started {world.size} processes on this node but only "
-                             f"{torch.cuda.device_count()} GPUs are visible: lower --nproc_per_node")
+            raise UsageError(
+                f"torchrun started {world.size} processes on this node but only "
+                f"{torch.cuda.device_count()} GPUs are visible: lower --nproc_per_node"
+            )
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
@@ -65,8 +68,10 @@ def device_of(world: World, device: str) -> torch.device:
 
 def per_rank_batch(world: World, batch_size: int) -> int:
     if batch_size % world.size:
-        raise UsageError(f"--batch-size {batch_size} is the global batch and must split evenly over the "
-                         f"{world.size} ranks: choose a multiple of {world.size}")
+        raise UsageError(
+            f"--batch-size {batch_size} is the global batch and must split evenly over the "
+            f"{world.size} ranks: choose a multiple of {world.size}"
+        )
     return batch_size // world.size
 
 
@@ -144,11 +149,13 @@ def check_ranks_agree(world: World, model, tables, epoch: int):
     if not world.launched:
         return
     if not identical_across_ranks(list(unwrap(model).parameters())):
-        raise TrainingError(f"the model weights differ between ranks after epoch {epoch}: a DDP bug; "
-                            f"resume from last.pt")
+        raise TrainingError(
+            f"the model weights differ between ranks after epoch {epoch}: a DDP bug; resume from last.pt"
+        )
     if tables and not identical_across_ranks(tables):
-        raise TrainingError(f"the per-sample label tables differ between ranks after epoch {epoch}; "
-                            f"resume from last.pt")
+        raise TrainingError(
+            f"the per-sample label tables differ between ranks after epoch {epoch}; resume from last.pt"
+        )
 
 
 def barrier(world: World):

@@ -1,4 +1,5 @@
 """Per-epoch test evaluation: clean and PGD-20 accuracy, and calibration (ECE) on clean and adversarial inputs."""
+
 from fastsglr.kernels import PLAIN_OPS
 
 from .engine.iteration import eval_step

@@ -1,5 +1,6 @@
 """Small file helpers shared by every writer: a crash never leaves a half-written file behind, and a full disk is
 a one-line error naming the fix, found up front where possible."""
+
 import contextlib
 import errno
 import json
@@ -73,8 +74,10 @@ def check_free_space(directory, need_bytes, what):
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing).free
     if free < need_bytes:
-        raise UsageError(f"only {_size(free)} free on the device holding {directory}; {what} needs about "
-                         f"{_size(need_bytes)}: free space or choose another --out")
+        raise UsageError(
+            f"only {_size(free)} free on the device holding {directory}; {what} needs about "
+            f"{_size(need_bytes)}: free space or choose another --out"
+        )
 
 
 # What makes a folder a run directory or a data directory (a subset is enough to tell).
@@ -107,13 +110,14 @@ def check_output_file(path, what, keys, flag="--out"):
     from .checkpoint import MAGIC  # checkpoint.py writes through this module
 
     if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a directory: name a file for the {what}, e.g. "
-                         f"{os.path.join(path, 'report.json')}")
+        raise UsageError(
+            f"{flag} {path} is a directory: name a file for the {what}, e.g. {os.path.join(path, 'report.json')}"
+        )
     if os.path.lexists(path) and not _is_json_with(path, keys):
         with open(path, "rb") as f:
             ours = f.read(len(MAGIC)) == MAGIC
         inside = holds(os.path.dirname(os.path.abspath(path)))
-        kind = ("a fastsglr checkpoint" if ours else f"a file of {inside}" if inside else f"not a {what}")
+        kind = "a fastsglr checkpoint" if ours else f"a file of {inside}" if inside else f"not a {what}"
         raise UsageError(f"{flag} {path} exists and is {kind}: the {what} would replace it; choose another {flag}")
     check_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
 

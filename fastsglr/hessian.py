@@ -6,13 +6,15 @@ trace as its measure of sharpness ("trace of hessian, which is widely used to me
 With Rademacher probes, Var(v^T H v) = 2 (||H||_F^2 - sum_i H_ii^2): the off-diagonal entries alone make the noise,
 and the mean over all 2^n sign vectors is tr(H) exactly (every product v_i v_j, i != j, averages to zero).
 """
+
 import torch
 
 
 def rademacher(params, generator) -> list:
     """One probe: independent +-1 entries shaped like ``params``, drawn from ``generator``."""
-    return [torch.randint(0, 2, p.shape, generator=generator, device=p.device).to(p.dtype).mul_(2).sub_(1)
-            for p in params]
+    return [
+        torch.randint(0, 2, p.shape, generator=generator, device=p.device).to(p.dtype).mul_(2).sub_(1) for p in params
+    ]
 
 
 def quadratic_forms(loss, params, probes) -> torch.Tensor:

@@ -16,6 +16,7 @@ so eager arithmetic rounds as it does with the float. ``loss`` calls the op set 
 unless an engine passes its own). Per-epoch settings (SGLR warm-up, TE ramp-up) are set on the host by
 ``start_epoch``, which the training loop calls at the start of every epoch, resumed runs included.
 """
+
 import math
 
 import torch
@@ -61,8 +62,9 @@ class LabelStrategy(nn.Module):
         """A hyper-parameter as a 0-d float64 buffer (moved by ``.to(device)``, not checkpointed: it is config)."""
         self.register_buffer(name, torch.tensor(value, dtype=torch.float64), persistent=False)
 
-    def loss(self, logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, ce_on: str = "adv",
-             ops=PLAIN_OPS) -> Tensor:
+    def loss(
+        self, logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, ce_on: str = "adv", ops=PLAIN_OPS
+    ) -> Tensor:
         """Scalar label loss of the logits named by ``ce_on``; updates per-sample tables in place."""
         raise NotImplementedError
 
@@ -184,8 +186,17 @@ class SelfGuidedLabelRefinement(LabelStrategy):
     forward runs and PGD-AT + SGLR is exactly PGD-AT until refinement starts.
     """
 
-    def __init__(self, train_labels: Tensor, num_classes: int, r: float, temperature: float, alpha: float,
-                 lam: float, init: str, warmup: int):
+    def __init__(
+        self,
+        train_labels: Tensor,
+        num_classes: int,
+        r: float,
+        temperature: float,
+        alpha: float,
+        lam: float,
+        init: str,
+        warmup: int,
+    ):
         super().__init__()
         self.warmup = warmup
         for name, value in (("r", r), ("temperature", temperature), ("alpha", alpha), ("lam", lam)):
@@ -229,11 +240,18 @@ def build_label_strategy(cfg, train_labels: Tensor, num_classes: int) -> LabelSt
     elif cfg.labels == "ls":
         strategy = LabelSmoothing(num_classes, cfg.r)
     elif cfg.labels == "te":
-        strategy = TemporalEnsembling(len(train_labels), num_classes, cfg.ema_momentum, cfg.te_weight,
-                                      round(cfg.te_start * cfg.epochs), round(cfg.te_end * cfg.epochs))
+        strategy = TemporalEnsembling(
+            len(train_labels),
+            num_classes,
+            cfg.ema_momentum,
+            cfg.te_weight,
+            round(cfg.te_start * cfg.epochs),
+            round(cfg.te_end * cfg.epochs),
+        )
     elif cfg.labels == "sglr":
-        strategy = SelfGuidedLabelRefinement(train_labels, num_classes, cfg.r, cfg.temperature, cfg.ema_momentum,
-                                             cfg.lam, cfg.ema_init, cfg.sglr_warmup)
+        strategy = SelfGuidedLabelRefinement(
+            train_labels, num_classes, cfg.r, cfg.temperature, cfg.ema_momentum, cfg.lam, cfg.ema_init, cfg.sglr_warmup
+        )
     else:
         raise UsageError(f"unknown label strategy '{cfg.labels}': choose one of hard, ls, te, sglr")
     return strategy.to(train_labels.device)

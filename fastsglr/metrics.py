@@ -1,4 +1,5 @@
 """Metrics that accumulate on the device (no host sync per step) and are read once per epoch."""
+
 import math
 
 import torch
@@ -7,9 +8,18 @@ from .distributed import min_over_ranks_, sum_over_ranks_
 
 # The columns of TrainMeter's accumulator, in order.
 TRAIN_SUMS = (
-    "loss", "count", "adv_correct", "clean_correct", "adv_correct_true", "clean_correct_true",
-    "corrupted", "adv_correct_untouched", "adv_memorized_corrupted", "adv_correct_corrupted_true",
-    "grad_norm", "steps",
+    "loss",
+    "count",
+    "adv_correct",
+    "clean_correct",
+    "adv_correct_true",
+    "clean_correct_true",
+    "corrupted",
+    "adv_correct_untouched",
+    "adv_memorized_corrupted",
+    "adv_correct_corrupted_true",
+    "grad_norm",
+    "steps",
 )
 NO_BAD_STEP = 2**62  # TrainMeter.first_bad_step while every loss was finite
 
@@ -37,25 +47,28 @@ class TrainMeter:
         corrupted = labels != clean_labels
         untouched = ~corrupted
         B = labels.shape[0]
-        row = torch.stack([
-            loss.detach().double() * B,
-            torch.full((), B, dtype=torch.float64, device=labels.device),  # a fill, not a host copy: capturable
-            (pred_adv == labels).sum().double(),
-            (pred_clean == labels).sum().double(),
-            (pred_adv == clean_labels).sum().double(),
-            (pred_clean == clean_labels).sum().double(),
-            corrupted.sum().double(),
-            ((pred_adv == labels) & untouched).sum().double(),
-            ((pred_adv == labels) & corrupted).sum().double(),
-            ((pred_adv == clean_labels) & corrupted).sum().double(),
-            grad_norm.detach().double(),
-            torch.ones((), dtype=torch.float64, device=labels.device),
-        ])
+        row = torch.stack(
+            [
+                loss.detach().double() * B,
+                torch.full((), B, dtype=torch.float64, device=labels.device),  # a fill, not a host copy: capturable
+                (pred_adv == labels).sum().double(),
+                (pred_clean == labels).sum().double(),
+                (pred_adv == clean_labels).sum().double(),
+                (pred_clean == clean_labels).sum().double(),
+                corrupted.sum().double(),
+                ((pred_adv == labels) & untouched).sum().double(),
+                ((pred_adv == labels) & corrupted).sum().double(),
+                ((pred_adv == clean_labels) & corrupted).sum().double(),
+                grad_norm.detach().double(),
+                torch.ones((), dtype=torch.float64, device=labels.device),
+            ]
+        )
         self.sums += row
         bad = ~torch.isfinite(loss.detach())
         # In place, like the sums: a captured CUDA graph reads and writes the tensor it saw at capture.
-        self.first_bad_step.copy_(torch.where(bad, torch.minimum(self.first_bad_step, torch.as_tensor(step)),
-                                              self.first_bad_step))
+        self.first_bad_step.copy_(
+            torch.where(bad, torch.minimum(self.first_bad_step, torch.as_tensor(step)), self.first_bad_step)
+        )
 
     def read(self) -> dict:
         """One host sync: the epoch's averages over every rank, accuracies in percent."""
@@ -63,7 +76,10 @@ class TrainMeter:
         sum_over_ranks_(sums)
         s = dict(zip(TRAIN_SUMS, sums.tolist()))
         n, corrupted = max(s["count"], 1.0), s["corrupted"]
-        pct = lambda a, b: 100.0 * a / b if b else float("nan")
+
+        def pct(a, b):
+            return 100.0 * a / b if b else float("nan")
+
         return {
             "train_loss": s["loss"] / n,
             "train_adv_acc": pct(s["adv_correct"], n),

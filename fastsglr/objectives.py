@@ -4,6 +4,7 @@
 optimizer step. The order and BatchNorm mode of every forward are part of the method, since BN running
 statistics depend on them; they are spelled out per method below.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +32,10 @@ class Objective:
     eps: Tensor
     step_size: Tensor
     trades_beta: Tensor
-    trades_start: str                  # TRADES' attack start (attacks.trades_attack): uniform for TRADES + SGLR
-    awp: bool = False                  # AWP (awp.py) on: its proxy step is part of the graph
+    trades_start: str  # TRADES' attack start (attacks.trades_attack): uniform for TRADES + SGLR
+    awp: bool = False  # AWP (awp.py) on: its proxy step is part of the graph
     awp_warmup: int = 0
-    awp_gamma: Tensor = None           # 0 before epoch awp_warmup (start_epoch), the config's gamma from then on
+    awp_gamma: Tensor = None  # 0 before epoch awp_warmup (start_epoch), the config's gamma from then on
     awp_gamma_value: float = 0.0
 
     def start_epoch(self, epoch: int) -> None:
@@ -46,12 +47,23 @@ class Objective:
     def from_config(cls, cfg, device) -> "Objective":
         if cfg.method not in _METHODS:
             raise UsageError(f"unknown method '{cfg.method}': choose one of {', '.join(_METHODS)}")
-        eps, step_size, beta = (torch.tensor(v, dtype=torch.float64, device=device)
-                                for v in (cfg.eps, cfg.step_size, cfg.trades_beta))
+        eps, step_size, beta = (
+            torch.tensor(v, dtype=torch.float64, device=device) for v in (cfg.eps, cfg.step_size, cfg.trades_beta)
+        )
         gamma = torch.tensor(cfg.awp_gamma, dtype=torch.float64, device=device)
-        return cls(cfg.method, cfg.attack_bn_mode, cfg.attack_steps, eps, step_size, beta,
-                   "uniform" if cfg.labels == "sglr" else "gaussian", cfg.awp_gamma > 0, cfg.awp_warmup, gamma,
-                   cfg.awp_gamma)
+        return cls(
+            cfg.method,
+            cfg.attack_bn_mode,
+            cfg.attack_steps,
+            eps,
+            step_size,
+            beta,
+            "uniform" if cfg.labels == "sglr" else "gaussian",
+            cfg.awp_gamma > 0,
+            cfg.awp_warmup,
+            gamma,
+            cfg.awp_gamma,
+        )
 
 
 def _perturb_weights(inner, x, x_adv, labels, objective):
@@ -89,8 +101,16 @@ def _pgd_at(model, x, labels, index, strategy, objective, ops):
             logits_clean = inner(x)
         extra = strategy.attack_term(logits_clean, index)
     model.train(objective.attack_bn_mode == "train")
-    x_adv = pgd(inner, x, labels, eps=objective.eps, step_size=objective.step_size, steps=objective.attack_steps,
-                extra=extra, ops=ops)
+    x_adv = pgd(
+        inner,
+        x,
+        labels,
+        eps=objective.eps,
+        step_size=objective.step_size,
+        steps=objective.attack_steps,
+        extra=extra,
+        ops=ops,
+    )
     model.train()
     awp_diff = _perturb_weights(inner, x, x_adv, labels, objective)
     logits_adv = model(x_adv)
@@ -111,15 +131,23 @@ def _trades(model, x, labels, index, strategy, objective, ops):
     feeds both here, so BN running statistics see the clean batch once instead of twice.
     """
     model.train(objective.attack_bn_mode == "train")
-    x_adv = trades_attack(unwrap(model), x, eps=objective.eps, step_size=objective.step_size,
-                          steps=objective.attack_steps, start=objective.trades_start, ops=ops)
+    x_adv = trades_attack(
+        unwrap(model),
+        x,
+        eps=objective.eps,
+        step_size=objective.step_size,
+        steps=objective.attack_steps,
+        start=objective.trades_start,
+        ops=ops,
+    )
     model.train()
     awp_diff = _perturb_weights(unwrap(model), x, x_adv, labels, objective)
     logits_clean = model(x)
     logits_adv = model(x_adv)
     natural = strategy.loss(logits_adv, logits_clean, labels, index, ce_on="clean", ops=ops)
-    robust = F.kl_div(torch.log_softmax(logits_adv.float(), dim=1), torch.softmax(logits_clean.float(), dim=1),
-                      reduction="batchmean")
+    robust = F.kl_div(
+        torch.log_softmax(logits_adv.float(), dim=1), torch.softmax(logits_clean.float(), dim=1), reduction="batchmean"
+    )
     # beta cast to the loss's float32 first: two 0-d tensors would otherwise promote the loss to float64.
     return natural + objective.trades_beta.to(robust.dtype) * robust, logits_adv, logits_clean, awp_diff
 

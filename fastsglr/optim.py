@@ -1,4 +1,5 @@
 """The optimiser and learning-rate schedule of the paper (SGD, momentum 0.9, wd 5e-4, x0.1 at 50% and 75%)."""
+
 import math
 
 import torch
@@ -29,4 +30,4 @@ def lr_at(cfg, epoch: int, step: int, steps_per_epoch: int) -> float:
         t = (epoch + step / steps_per_epoch) / cfg.epochs
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
     passed = sum(epoch >= e for e in milestone_epochs(cfg.milestones, cfg.epochs))
-    return cfg.lr * cfg.lr_decay ** passed
+    return cfg.lr * cfg.lr_decay**passed

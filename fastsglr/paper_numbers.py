@@ -42,7 +42,7 @@ TABLE_B4 = {
 
 # Printed diffs that are not best - final up to rounding: (table, dataset, row, metric).
 PRINTED_DIFF_MISMATCHES = {
-    ("table3", "cifar10", "AT+SGLR", "natural"),      # printed 0.1; Table 2 prints the same row's diff as -0.1
+    ("table3", "cifar10", "AT+SGLR", "natural"),  # printed 0.1; Table 2 prints the same row's diff as -0.1
     ("table3", "cifar10", "TRADES+SGLR", "natural"),  # printed -0.9; 82.2 - 83.3 = -1.1
 }
 

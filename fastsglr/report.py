@@ -1,5 +1,6 @@
 """Figures of finished runs (learning curves in the spirit of the paper's Fig. 1, memorisation under label noise as its
 Fig. 4) and their best / final / diff table: every plot of the project is drawn here."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on training boxes or CI
@@ -32,8 +33,14 @@ def plot_curves(runs: dict, path, panels=PANELS):
         for i, (name, history) in enumerate(runs.items()):
             for key, label, style in series:
                 rows = [row for row in history if row[key] is not None]  # test columns: evaluated epochs only
-                plot_per_epoch(ax, [row["epoch"] for row in rows], [row[key] for row in rows], style, color=f"C{i}",
-                               label=" ".join(filter(None, (name, label))))
+                plot_per_epoch(
+                    ax,
+                    [row["epoch"] for row in rows],
+                    [row[key] for row in rows],
+                    style,
+                    color=f"C{i}",
+                    label=" ".join(filter(None, (name, label))),
+                )
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -72,11 +79,15 @@ def plot_noise_memorization(results, path, wrong_rates=None):
 def summary_table(summaries: dict) -> str:
     """Markdown: the paper's Best / Final / Diff columns for clean and PGD accuracy, and the engine and precision
     each run trained with, one row per run."""
-    lines = ["| run | clean best | clean final | clean diff | PGD best | PGD final | PGD diff | best epoch | trained "
-             "with |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | clean best | clean final | clean diff | PGD best | PGD final | PGD diff | best epoch | trained with |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in summaries.items():
         c, p = s["test_clean_acc"], s["test_pgd_acc"]
-        lines.append(f"| {name} | {c['best']:.1f} | {c['final']:.1f} | {c['diff']:+.1f} | "
-                     f"{p['best']:.1f} | {p['final']:.1f} | {p['diff']:+.1f} | {s['best_epoch']} | "
-                     f"{s['engine']} {s['precision']} |")
+        lines.append(
+            f"| {name} | {c['best']:.1f} | {c['final']:.1f} | {c['diff']:+.1f} | "
+            f"{p['best']:.1f} | {p['final']:.1f} | {p['diff']:+.1f} | {s['best_epoch']} | "
+            f"{s['engine']} {s['precision']} |"
+        )
     return "\n".join(lines)

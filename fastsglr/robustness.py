@@ -32,6 +32,7 @@ so it has no accuracy to compare; its check is the signal AutoAttack's authors d
 of the images every white-box attack failed on. A comparison passes within one image or half a point, whichever is
 larger. A failure is printed as a warning of possible gradient masking and recorded in the report.
 """
+
 import dataclasses
 import os
 import re
@@ -56,8 +57,17 @@ ATTACKS = ("clean", "pgd20", "pgd20-sgls", "cw", "autoattack", "square", "transf
 DEFAULT_ATTACKS = ("clean", "pgd20", "pgd20-sgls", "cw", "autoattack")
 AUTOATTACK_PARTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 WHITE_BOX = ("pgd20-sgls", "cw", "autoattack/apgd-ce", "autoattack/apgd-t", "autoattack/fab-t")  # and every pgdK
-NAMES = {"clean": "natural", "pgd20-sgls": "PGD-20 (SGLS code)", "cw": "CW-inf", "autoattack": "AutoAttack", "square": "Square", "transfer": "transfer",
-         "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T"}
+NAMES = {
+    "clean": "natural",
+    "pgd20-sgls": "PGD-20 (SGLS code)",
+    "cw": "CW-inf",
+    "autoattack": "AutoAttack",
+    "square": "Square",
+    "transfer": "transfer",
+    "apgd-ce": "APGD-CE",
+    "apgd-t": "APGD-T",
+    "fab-t": "FAB-T",
+}
 _PGD = re.compile(r"pgd(\d+)$")
 _TRANSFER = re.compile(r"transfer(?:-(cw|pgd\d+))?$")  # group 1: the crafting attack, absent for plain 'transfer'
 PGD_EPS_LIMIT = 0.5  # at this radius PGD can move every pixel to mid-grey: no model keeps any accuracy
@@ -65,7 +75,11 @@ PGD_EPS_LIMIT = 0.5  # at this radius PGD can move every pixel to mid-grey: no m
 REPORT_FORMAT = 2
 REPORT_BYTES = 64 << 10
 # pgd_attack.py's radius and step, both given for the paper's eps 8/255.
-SGLS_PGD_EPS, SGLS_PGD_STEP, SGLS_PGD_AT_EPS = 0.031, 0.003, 8 / 255  # a report with both of a run's checkpoints takes a few tens of kB
+SGLS_PGD_EPS, SGLS_PGD_STEP, SGLS_PGD_AT_EPS = (
+    0.031,
+    0.003,
+    8 / 255,
+)  # a report with both of a run's checkpoints takes a few tens of kB
 REPORT_KEYS = ("attacks", "run_dir")  # a report of one checkpoint holds the first, of a run directory the second
 
 
@@ -74,12 +88,12 @@ class AttackSettings:
     """How strong each attack is. The defaults are the standard ones; tests shrink them to run on a CPU."""
 
     cw_steps: int = 30
-    apgd_steps: int = 100        # APGD-CE and APGD-T iterations
+    apgd_steps: int = 100  # APGD-CE and APGD-T iterations
     fab_steps: int = 100
     square_queries: int = 5000
-    targets: int = 9             # APGD-T / FAB-T target classes (at most classes - 1)
-    transfer_steps: int = 20     # PGD steps on the source model of plain 'transfer' (transfer-pgdK takes K)
-    check_images: int = 1000     # images the eps sweep and the PGD-1 check run on
+    targets: int = 9  # APGD-T / FAB-T target classes (at most classes - 1)
+    transfer_steps: int = 20  # PGD steps on the source model of plain 'transfer' (transfer-pgdK takes K)
+    check_images: int = 1000  # images the eps sweep and the PGD-1 check run on
 
 
 STANDARD = AttackSettings()
@@ -133,8 +147,10 @@ def parse_attacks(attacks, has_source) -> tuple:
     names = tuple(a.strip() for a in (attacks.split(",") if isinstance(attacks, str) else attacks) if a.strip())
     for name in names:
         if not _is_known(name):
-            raise UsageError(f"unknown attack '{name}': choose from {', '.join(ATTACKS)}, pgdK (K steps, e.g. "
-                             f"pgd10) or transfer-pgdK / transfer-cw")
+            raise UsageError(
+                f"unknown attack '{name}': choose from {', '.join(ATTACKS)}, pgdK (K steps, e.g. "
+                f"pgd10) or transfer-pgdK / transfer-cw"
+            )
     if not names:
         raise UsageError("--attacks is empty: name at least one attack, e.g. clean,pgd20")
     for name in names:
@@ -147,6 +163,7 @@ def parse_attacks(attacks, has_source) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ attacks per batch
+
 
 def _pgd_attack(model, eps, steps, step_size=None, loss="ce"):
     return lambda x, y: pgd(model, x, y, eps=eps, step_size=step_size or eps / 4, steps=steps, loss=loss)
@@ -200,17 +217,31 @@ def _attack_settings(name, settings: AttackSettings, eps):
         return {**common, "queries": settings.square_queries, "restarts": 1}
     if name == "pgd20-sgls":
         radius, step = sgls_pgd(eps)
-        return {"eps": radius, "steps": 20, "step_size": step, "loss": "ce", "random_start": True,
-                "source": "devicerxx/SGLS pgd_attack.py (eps 0.031, step 0.003 at eps 8/255)"}
+        return {
+            "eps": radius,
+            "steps": 20,
+            "step_size": step,
+            "loss": "ce",
+            "random_start": True,
+            "source": "devicerxx/SGLS pgd_attack.py (eps 0.031, step 0.003 at eps 8/255)",
+        }
     if name == "autoattack":
-        return {**common, "version": "standard", "parts": list(AUTOATTACK_PARTS), "parts_run_on": "survivors",
-                "apgd_steps": settings.apgd_steps, "fab_steps": settings.fab_steps, "targets": settings.targets,
-                "square_queries": settings.square_queries, "restarts": 1}
-    return {**common, "steps": int(_PGD.match(name).group(1)), "step_size": eps / 4, "loss": "ce",
-            "random_start": True}
+        return {
+            **common,
+            "version": "standard",
+            "parts": list(AUTOATTACK_PARTS),
+            "parts_run_on": "survivors",
+            "apgd_steps": settings.apgd_steps,
+            "fab_steps": settings.fab_steps,
+            "targets": settings.targets,
+            "square_queries": settings.square_queries,
+            "restarts": 1,
+        }
+    return {**common, "steps": int(_PGD.match(name).group(1)), "step_size": eps / 4, "loss": "ce", "random_start": True}
 
 
 # ------------------------------------------------------------------------------------------------ scoring
+
 
 @dataclass
 class Outcome:
@@ -235,15 +266,16 @@ def _score(model, attack, images, labels, eps, batch_size, seed, desc) -> Outcom
     t0 = time.perf_counter()
     meter = CalibrationMeter(images.device)
     correct = torch.empty(len(labels), dtype=torch.bool, device=images.device)
-    bar = tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False,
-               disable=not sys.stdout.isatty())  # as training's: quiet in logs and pipes
+    bar = tqdm(
+        range(0, len(labels), batch_size), desc=desc, unit="batch", leave=False, disable=not sys.stdout.isatty()
+    )  # as training's: quiet in logs and pipes
     for start in bar:
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
         x_adv = project(attack(x, y), x, eps)
         with torch.no_grad():
             logits = model(x_adv)
         meter.update(logits, y)
-        correct[start:start + batch_size] = logits.argmax(1) == y
+        correct[start : start + batch_size] = logits.argmax(1) == y
     return Outcome(correct, meter.read()["ece"], time.perf_counter() - t0)
 
 
@@ -273,8 +305,18 @@ def _run_attacks(model, images, labels, *, eps, attacks, num_classes, settings, 
     outcomes = {}
     for name in attacks:
         if name == "autoattack":
-            outcomes.update(_autoattack(model, images, labels, eps=eps, num_classes=num_classes, settings=settings,
-                                        seed=seed, batch_size=batch_size))
+            outcomes.update(
+                _autoattack(
+                    model,
+                    images,
+                    labels,
+                    eps=eps,
+                    num_classes=num_classes,
+                    settings=settings,
+                    seed=seed,
+                    batch_size=batch_size,
+                )
+            )
         else:
             attack = _build_attack(name, model, eps, num_classes, settings, seed, source)
             outcomes[name] = _score(model, attack, images, labels, eps, batch_size, seed, display_name(name))
@@ -282,6 +324,7 @@ def _run_attacks(model, images, labels, *, eps, attacks, num_classes, settings, 
 
 
 # ------------------------------------------------------------------------------------------------ sanity checks
+
 
 def _check(name, passed, message, **values) -> dict:
     return {"name": name, "passed": bool(passed), "message": message, "values": values}
@@ -309,15 +352,29 @@ def sanity_checks(model, images, labels, *, eps, outcomes, settings, seed, batch
     rises = any(later > earlier + tol for earlier, later in zip(accs, accs[1:]))
     shown = ", ".join(f"{e * 255:.1f}/255: {a:.1f}%" for e, a in sweep.items())
     checks = [
-        _check("accuracy falls as eps grows", not rises,
-               f"PGD-20 accuracy {'rises' if rises else 'does not rise'} with eps ({shown})", sweep=sweep),
-        _check(f"no accuracy left at eps {PGD_EPS_LIMIT}", accs[-1] <= tol,
-               f"PGD-20 accuracy at eps {PGD_EPS_LIMIT} is {accs[-1]:.1f}% (expected 0)", acc=accs[-1]),
+        _check(
+            "accuracy falls as eps grows",
+            not rises,
+            f"PGD-20 accuracy {'rises' if rises else 'does not rise'} with eps ({shown})",
+            sweep=sweep,
+        ),
+        _check(
+            f"no accuracy left at eps {PGD_EPS_LIMIT}",
+            accs[-1] <= tol,
+            f"PGD-20 accuracy at eps {PGD_EPS_LIMIT} is {accs[-1]:.1f}% (expected 0)",
+            acc=accs[-1],
+        ),
     ]
     one_step = pgd_outcome(eps, steps=1, step_size=eps).acc()
-    checks.append(_check("PGD-20 is not above PGD-1", white <= one_step + tol,
-                         f"PGD-20 accuracy {white:.1f}% vs PGD-1 (one step of eps) {one_step:.1f}%",
-                         pgd20=white, pgd1=one_step))
+    checks.append(
+        _check(
+            "PGD-20 is not above PGD-1",
+            white <= one_step + tol,
+            f"PGD-20 accuracy {white:.1f}% vs PGD-1 (one step of eps) {one_step:.1f}%",
+            pgd20=white,
+            pgd1=one_step,
+        )
+    )
     # Black-box against the strongest white-box evidence at hand: PGD-20 alone can lose to 5,000 Square queries on
     # a barely trained model without any masking; a black-box attack beating PGD, CW and APGD together is the sign.
     white_box = {"pgd20": pgd20, **{n: o for n, o in outcomes.items() if _is_white_box(n)}}
@@ -326,45 +383,91 @@ def sanity_checks(model, images, labels, *, eps, outcomes, settings, seed, batch
     names = " + ".join(display_name(n) for n in white_box)
     for name in filter(_is_black_box, outcomes):
         black = outcomes[name].acc(m)
-        checks.append(_check(f"{display_name(name)} (black-box) is not below white-box", black >= strongest - tol,
-                             f"{display_name(name)} (black-box) accuracy {black:.1f}% vs white-box ({names}) "
-                             f"{strongest:.1f}%", black_box=black, white_box=strongest,
-                             white_box_attacks=list(white_box)))
+        checks.append(
+            _check(
+                f"{display_name(name)} (black-box) is not below white-box",
+                black >= strongest - tol,
+                f"{display_name(name)} (black-box) accuracy {black:.1f}% vs white-box ({names}) {strongest:.1f}%",
+                black_box=black,
+                white_box=strongest,
+                white_box_attacks=list(white_box),
+            )
+        )
     if "autoattack" in outcomes:
         # Square ran only where APGD-CE, APGD-T and FAB-T failed: an image it breaks that every white-box attack
         # failed on is the gradient-masking signal (Croce & Hein, 2020); `tol` allows for a stray one.
         kept = (survivors & outcomes["autoattack/square"].correct[:m]).sum().item()
         after, broken = 100.0 * kept / m, survivors.sum().item() - kept
-        checks.append(_check("AutoAttack: Square (black-box) breaks no image white-box failed on",
-                             after >= strongest - tol,
-                             f"AutoAttack: Square (black-box) broke {broken} of the {survivors.sum().item()} images "
-                             f"every white-box attack ({names}) failed on: accuracy {strongest:.1f}% -> {after:.1f}%",
-                             white_box=strongest, after_square=after, broken=broken,
-                             white_box_attacks=list(white_box)))
+        checks.append(
+            _check(
+                "AutoAttack: Square (black-box) breaks no image white-box failed on",
+                after >= strongest - tol,
+                f"AutoAttack: Square (black-box) broke {broken} of the {survivors.sum().item()} images "
+                f"every white-box attack ({names}) failed on: accuracy {strongest:.1f}% -> {after:.1f}%",
+                white_box=strongest,
+                after_square=after,
+                broken=broken,
+                white_box_attacks=list(white_box),
+            )
+        )
     return [dict(c, images=m, tolerance=tol) for c in checks]
 
 
 # ------------------------------------------------------------------------------------------------ entry points
 
-def evaluate_model(model, images, labels, *, eps, num_classes, attacks=DEFAULT_ATTACKS, settings=STANDARD, seed=0,
-                   batch_size=256, source=None, checks=True, log=print) -> dict:
+
+def evaluate_model(
+    model,
+    images,
+    labels,
+    *,
+    eps,
+    num_classes,
+    attacks=DEFAULT_ATTACKS,
+    settings=STANDARD,
+    seed=0,
+    batch_size=256,
+    source=None,
+    checks=True,
+    log=print,
+) -> dict:
     """Attack ``model`` on (images, labels) already on its device; returns {"attacks": ..., "checks": ...}."""
     attacks = parse_attacks(attacks, source is not None)
     model.eval()
     if source is not None:
         source.eval()
-    outcomes = _run_attacks(model, images, labels, eps=eps, attacks=attacks, num_classes=num_classes,
-                            settings=settings, seed=seed, batch_size=batch_size, source=source)
+    outcomes = _run_attacks(
+        model,
+        images,
+        labels,
+        eps=eps,
+        attacks=attacks,
+        num_classes=num_classes,
+        settings=settings,
+        seed=seed,
+        batch_size=batch_size,
+        source=source,
+    )
     results = {}
     for name in attacks:
-        results[name] = {"acc": outcomes[name].acc(), "ece": outcomes[name].ece, "seconds": outcomes[name].seconds,
-                         "settings": _attack_settings(name, settings, eps)}
+        results[name] = {
+            "acc": outcomes[name].acc(),
+            "ece": outcomes[name].ece,
+            "seconds": outcomes[name].seconds,
+            "settings": _attack_settings(name, settings, eps),
+        }
         if name == "autoattack":  # per part: the accuracy after it (cumulative) and the images it ran on
             parts = {p: outcomes[f"{name}/{p}"] for p in AUTOATTACK_PARTS}
-            results[name]["parts"] = {p: {"acc": o.acc(), "images": o.ran_on, "seconds": o.seconds}
-                                      for p, o in parts.items()}
-    found = sanity_checks(model, images, labels, eps=eps, outcomes=outcomes, settings=settings, seed=seed,
-                          batch_size=batch_size) if checks else []
+            results[name]["parts"] = {
+                p: {"acc": o.acc(), "images": o.ran_on, "seconds": o.seconds} for p, o in parts.items()
+            }
+    found = (
+        sanity_checks(
+            model, images, labels, eps=eps, outcomes=outcomes, settings=settings, seed=seed, batch_size=batch_size
+        )
+        if checks
+        else []
+    )
     for check in found:
         if not check["passed"]:
             log(f"WARNING: possible gradient masking: {check['name']} failed: {check['message']}")
@@ -387,8 +490,21 @@ def resolve_device(device=None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def evaluate_checkpoint(path, *, data=None, attacks=DEFAULT_ATTACKS, n=None, eps=None, source=None, checks=True,
-                        seed=0, batch_size=256, device=None, settings=STANDARD, log=print) -> dict:
+def evaluate_checkpoint(
+    path,
+    *,
+    data=None,
+    attacks=DEFAULT_ATTACKS,
+    n=None,
+    eps=None,
+    source=None,
+    checks=True,
+    seed=0,
+    batch_size=256,
+    device=None,
+    settings=STANDARD,
+    log=print,
+) -> dict:
     """One checkpoint's report: eps and data default to the checkpoint's training settings."""
     device = resolve_device(device)
     attacks = parse_attacks(attacks, bool(source))
@@ -408,18 +524,42 @@ def evaluate_checkpoint(path, *, data=None, attacks=DEFAULT_ATTACKS, n=None, eps
     source_state = None
     if source:  # transfer examples are crafted on these very images, so the source model must take them too
         source_state = load_checkpoint(source, map_location="cpu")
-        check_checkpoint_fits_data(source_state, info, source,
-                                   fix=f"pass a --source checkpoint trained on {info.dataset}")
-    log(f"evaluating {path} (epoch {saved.get('epoch', '?')}) on {len(labels)} {info.dataset} test images, "
-        f"eps {eps * 255:.2f}/255, on {device}")
-    found = evaluate_model(model_from_state(saved, device), images, labels, eps=eps, num_classes=info.num_classes,
-                           attacks=attacks, settings=settings, seed=seed, batch_size=batch_size,
-                           source=model_from_state(source_state, device) if source else None, checks=checks, log=log)
-    report = {"format": REPORT_FORMAT, "checkpoint": os.path.abspath(path), "sha256": sha256(path),
-              "epoch": saved.get("epoch"),
-              "model": saved["model_spec"]["name"], "data": os.path.abspath(data), "dataset": info.dataset,
-              "n": len(labels), "eps": eps, "seed": seed, "device": str(device),
-              "settings": dataclasses.asdict(settings), **found}
+        check_checkpoint_fits_data(
+            source_state, info, source, fix=f"pass a --source checkpoint trained on {info.dataset}"
+        )
+    log(
+        f"evaluating {path} (epoch {saved.get('epoch', '?')}) on {len(labels)} {info.dataset} test images, "
+        f"eps {eps * 255:.2f}/255, on {device}"
+    )
+    found = evaluate_model(
+        model_from_state(saved, device),
+        images,
+        labels,
+        eps=eps,
+        num_classes=info.num_classes,
+        attacks=attacks,
+        settings=settings,
+        seed=seed,
+        batch_size=batch_size,
+        source=model_from_state(source_state, device) if source else None,
+        checks=checks,
+        log=log,
+    )
+    report = {
+        "format": REPORT_FORMAT,
+        "checkpoint": os.path.abspath(path),
+        "sha256": sha256(path),
+        "epoch": saved.get("epoch"),
+        "model": saved["model_spec"]["name"],
+        "data": os.path.abspath(data),
+        "dataset": info.dataset,
+        "n": len(labels),
+        "eps": eps,
+        "seed": seed,
+        "device": str(device),
+        "settings": dataclasses.asdict(settings),
+        **found,
+    }
     if source:
         report["source"] = {"checkpoint": os.path.abspath(source), "sha256": sha256(source)}
     for name, r in report["attacks"].items():
@@ -434,8 +574,10 @@ def best_final_table(best: dict, final: dict) -> str:
     for name, b in best["attacks"].items():
         f = final["attacks"][name]
         rows = [(display_name(name), b["acc"], f["acc"])]
-        rows += [(f"{display_name(name)} after {display_name(p)}", b["parts"][p]["acc"], f["parts"][p]["acc"])
-                 for p in b.get("parts", ())]
+        rows += [
+            (f"{display_name(name)} after {display_name(p)}", b["parts"][p]["acc"], f["parts"][p]["acc"])
+            for p in b.get("parts", ())
+        ]
         lines += [f"| {label} | {x:.1f} | {y:.1f} | {x - y:+.1f} |" for label, x, y in rows]
     return "\n".join(lines)
 
@@ -447,10 +589,15 @@ def run_eval(checkpoint, *, out=None, log=print, **options) -> dict:
         check_free_space(os.path.dirname(os.path.abspath(out)), REPORT_BYTES, "the report")
         check_output_file(out, "report", REPORT_KEYS)
     if os.path.isdir(checkpoint):
-        reports = {which: evaluate_checkpoint(os.path.join(checkpoint, f"{which}.pt"), log=log, **options)
-                   for which in ("best", "final")}
-        report = {"run_dir": os.path.abspath(checkpoint), **reports,
-                  "table": best_final_table(reports["best"], reports["final"])}
+        reports = {
+            which: evaluate_checkpoint(os.path.join(checkpoint, f"{which}.pt"), log=log, **options)
+            for which in ("best", "final")
+        }
+        report = {
+            "run_dir": os.path.abspath(checkpoint),
+            **reports,
+            "table": best_final_table(reports["best"], reports["final"]),
+        }
         log("\n" + report["table"])
     else:
         report = evaluate_checkpoint(checkpoint, log=log, **options)

@@ -5,6 +5,7 @@ interleave its epochs with the first's and lose them; it gets a one-line error n
 lock. The kernel drops the lock when its holder exits, however it exits (SIGKILL included), so a lock left behind
 by a killed run never blocks its resume: only the file stays, and a file without a lock means nothing.
 """
+
 import contextlib
 import fcntl
 import os
@@ -24,8 +25,10 @@ def run_lock(run_dir):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(f"{run_dir} is being written by another fastsglr process (pid {holder}): wait for it to "
-                             f"finish or stop it, then run the command again") from None
+            raise UsageError(
+                f"{run_dir} is being written by another fastsglr process (pid {holder}): wait for it to "
+                f"finish or stop it, then run the command again"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -12,6 +12,7 @@ that batch; for other methods and label strategies it is the same probe of sharp
 The attack and the probes draw from their own generators seeded by (seed, epoch): the training run's random
 stream is untouched, so a run with the measurement trains exactly like one without.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +37,14 @@ class HessianTraceProbe:
         model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self._seed(epoch))
-            return pgd(model, self.images, self.labels, eps=self.cfg.eps, step_size=self.cfg.step_size,
-                       steps=self.cfg.attack_steps)
+            return pgd(
+                model,
+                self.images,
+                self.labels,
+                eps=self.cfg.eps,
+                step_size=self.cfg.step_size,
+                steps=self.cfg.attack_steps,
+            )
 
     def measure(self, model, epoch) -> dict:
         """One epoch's estimate; leaves the model in eval mode and its gradients and buffers untouched."""

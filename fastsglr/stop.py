@@ -7,6 +7,7 @@ there is nothing to finish. Under torchrun every rank must stop
 after the same step (DDP's collectives would otherwise wait forever), so the ranks agree on the flag after each
 step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
 """
+
 import signal
 import threading
 
@@ -21,8 +22,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal
 def handle_signals(handler) -> dict:
     """Install ``handler`` for SIGNALS; returns the previous handlers, to put back. A SIGHUP that is ignored stays
     ignored: that is what `nohup` asked for."""
-    return {s: signal.signal(s, handler) for s in SIGNALS
-            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)}
+    return {
+        s: signal.signal(s, handler)
+        for s in SIGNALS
+        if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)
+    }
 
 
 class StoppedBySignal(KeyboardInterrupt):

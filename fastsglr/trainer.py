@@ -9,6 +9,7 @@ reseeded at the start of every epoch, the loaders derive order and augmentation 
 epoch's end needs no RNG state. SIGINT / SIGTERM stop the run after the current step and write a mid-epoch last.pt
 that also holds each rank's position: its RNG states, its metric sums and the rows of the label tables it touched.
 """
+
 import contextlib
 import functools
 import json
@@ -24,8 +25,17 @@ from .checkpoint import check_same_data, estimate_run_bytes, load_resume_state, 
 from .config import Config, n_epochs
 from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels, train_steps
-from .distributed import (barrier, broadcast_buffers_, check_ranks_agree, close_world, device_of, epoch_seed,
-                          init_world, per_rank_batch, sync_sample_tables)
+from .distributed import (
+    barrier,
+    broadcast_buffers_,
+    check_ranks_agree,
+    close_world,
+    device_of,
+    epoch_seed,
+    init_world,
+    per_rank_batch,
+    sync_sample_tables,
+)
 from .engine import build_engine
 from .errors import Interrupted, TrainingError, UsageError
 from .files import check_free_space, check_writable_dir, resume_fix, write_json
@@ -37,8 +47,16 @@ from .runlock import run_lock
 from .sharpness import HessianTraceProbe
 from .stop import GracefulStop
 
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "last.prev.pt", "best.pt", "final.pt", "summary.json",
-             "curves.png")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "last.pt",
+    "last.prev.pt",
+    "best.pt",
+    "final.pt",
+    "summary.json",
+    "curves.png",
+)
 FINAL_FILES = ("final.pt", "summary.json", "curves.png")
 SLOW_CPU_RUN_SECONDS = 3600  # a CPU run paced to take longer than this gets a warning pointing at --preset demo
 
@@ -52,8 +70,10 @@ def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world, held: conte
     if taken == ["config.json"]:  # a run stopped before its first checkpoint: nothing to lose, nothing to resume
         taken = []
     if taken and not overwrite:
-        raise UsageError(f"{cfg.out} already holds a run ({taken[0]}): pass --overwrite to replace it, "
-                         f"or --resume {cfg.out} to continue it")
+        raise UsageError(
+            f"{cfg.out} already holds a run ({taken[0]}): pass --overwrite to replace it, "
+            f"or --resume {cfg.out} to continue it"
+        )
     # Up front: a disk that fills mid-run costs the epochs since the last checkpoint.
     check_free_space(cfg.out, estimate_run_bytes(cfg.model), "a run")
     barrier(world)  # every rank has looked before rank 0 writes
@@ -71,10 +91,12 @@ def _format_row(row, seconds_left):
         return "    -" if row[key] is None else f"{row[key]:5.1f}"
 
     eta = f" | eta {_duration(seconds_left)}" if seconds_left else ""
-    return (f"epoch {row['epoch']:4d} | lr {row['lr']:.4f} | loss {row['train_loss']:.4f} | "
-            f"train adv {row['train_adv_acc']:5.1f} clean {row['train_clean_acc']:5.1f} | "
-            f"test clean {test('test_clean_acc')} pgd{row['eval_steps']} {test('test_pgd_acc')} | "
-            f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s{eta}")
+    return (
+        f"epoch {row['epoch']:4d} | lr {row['lr']:.4f} | loss {row['train_loss']:.4f} | "
+        f"train adv {row['train_adv_acc']:5.1f} clean {row['train_clean_acc']:5.1f} | "
+        f"test clean {test('test_clean_acc')} pgd{row['eval_steps']} {test('test_pgd_acc')} | "
+        f"|g| {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s{eta}"
+    )
 
 
 def _duration(seconds) -> str:
@@ -89,8 +111,10 @@ def _warn_if_slow(log, seconds, steps_done, steps_left):
     who wanted the CPU demo: say so once, early, with the pace measured so far."""
     left = seconds / steps_done * steps_left
     if left > SLOW_CPU_RUN_SECONDS:
-        log(f"warning: at this pace the run needs about {_duration(left)} more on this CPU; for a run of minutes "
-            f"on a CPU use --preset demo (small CNN, 30 epochs, for the digits data)")
+        log(
+            f"warning: at this pace the run needs about {_duration(left)} more on this CPU; for a run of minutes "
+            f"on a CPU use --preset demo (small CNN, 30 epochs, for the digits data)"
+        )
 
 
 def _summary(cfg, tracker) -> dict:
@@ -146,13 +170,17 @@ def train(cfg: Config, *, resume=False, overwrite=False, log=print) -> dict:
 def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     if world.launched and cfg.awp_gamma:
         # Each rank would take AWP's proxy step on its own shard: the perturbations, and so the weights, drift apart.
-        raise UsageError("--awp-gamma is not supported under torchrun yet (each rank would perturb the weights "
-                         "from its own batch): train AWP in one process")
+        raise UsageError(
+            "--awp-gamma is not supported under torchrun yet (each rank would perturb the weights "
+            "from its own batch): train AWP in one process"
+        )
     info = read_data_dir(cfg.data, cfg.loader)
     batch_size = per_rank_batch(world, cfg.batch_size)
     if train_steps(info.counts["train"], batch_size, world) == 0:
-        raise UsageError(f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
-                         f"choose a smaller batch size")
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} exceeds the {info.counts['train']} training images: "
+            f"choose a smaller batch size"
+        )
     train_labels = read_labels(info, "train")
     _open_run_dir(cfg, resume, overwrite, world, held)
     device = device_of(world, cfg.device)
@@ -161,17 +189,30 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     normalized = cfg.input_norm == "data"
-    model_spec = dict(name=cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                      image_size=info.image_size, mean=info.mean if normalized else None,
-                      std=info.std if normalized else None)
+    model_spec = dict(
+        name=cfg.model,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+        mean=info.mean if normalized else None,
+        std=info.std if normalized else None,
+    )
     model = build_model(**model_spec).to(device)
     strategy = build_label_strategy(cfg, train_labels.to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
     engine = build_engine(model, optimizer, strategy, cfg, world)
     train_loader = make_loader(cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world)
-    test_loader = make_loader(cfg.loader, info, "test", 2 * batch_size, device, train=False, seed=cfg.seed,
-                              indices=eval_subset_indices(info.counts["test"], cfg.eval_subset, cfg.seed),
-                              world=world)
+    test_loader = make_loader(
+        cfg.loader,
+        info,
+        "test",
+        2 * batch_size,
+        device,
+        train=False,
+        seed=cfg.seed,
+        indices=eval_subset_indices(info.counts["test"], cfg.eval_subset, cfg.seed),
+        world=world,
+    )
     hessian = HessianTraceProbe(cfg, info, device) if cfg.hessian_probes else None
     tables = strategy.sample_tables()
     # Under torchrun, the rows of the label tables this rank updated since the last sync.
@@ -180,16 +221,31 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     steps = len(train_loader)
 
     def state(epoch, step=0, ranks=None):
-        return {"config": cfg.to_dict(), "model_spec": model_spec, "dataset": info.dataset,
-                "data_checksums": info.checksums, "epoch": epoch,
-                "step": step, "world_size": world.size, "torchrun": world.launched, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "strategy": strategy.state_dict(), "history": tracker.history,
-                "ranks": ranks}
+        return {
+            "config": cfg.to_dict(),
+            "model_spec": model_spec,
+            "dataset": info.dataset,
+            "data_checksums": info.checksums,
+            "epoch": epoch,
+            "step": step,
+            "world_size": world.size,
+            "torchrun": world.launched,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "strategy": strategy.state_dict(),
+            "history": tracker.history,
+            "ranks": ranks,
+        }
 
     if resume:
         saved = load_resume_state(cfg.out, world, map_location=device, log=log)
-        check_same_data(saved, info.checksums, os.path.join(cfg.out, "last.pt"), cfg.data,
-                        "restore the data the run trained on, or start a new run with --out")
+        check_same_data(
+            saved,
+            info.checksums,
+            os.path.join(cfg.out, "last.pt"),
+            cfg.data,
+            "restore the data the run trained on, or start a new run with --out",
+        )
         if saved["epoch"] >= cfg.epochs and all(os.path.isfile(os.path.join(cfg.out, f)) for f in FINAL_FILES):
             log(f"{cfg.out} finished its {n_epochs(cfg.epochs)} already: nothing to do (its files are unchanged)")
             return _summary(cfg, BestFinalTracker(saved["history"]))
@@ -226,8 +282,14 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             train_loader.set_epoch(epoch, first_step)
             model.train()
             # Quiet when the output goes to a file or a pipe: a log keeps the per-epoch rows only.
-            bar = tqdm(train_loader, total=steps - first_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       leave=False, disable=not (world.is_main and sys.stdout.isatty()))
+            bar = tqdm(
+                train_loader,
+                total=steps - first_step,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                leave=False,
+                disable=not (world.is_main and sys.stdout.isatty()),
+            )
             for step, batch in enumerate(bar, start=first_step):
                 lr = lr_at(cfg, epoch, step, steps)
                 for group in optimizer.param_groups:
@@ -238,21 +300,28 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
                 steps_done += 1
                 if not warned and time.perf_counter() - run_t0 > 10:  # after the first steps' warm-up
                     warned = True
-                    _warn_if_slow(log, time.perf_counter() - run_t0, steps_done,
-                                  (cfg.epochs - epoch) * steps - step - 1)
+                    _warn_if_slow(
+                        log, time.perf_counter() - run_t0, steps_done, (cfg.epochs - epoch) * steps - step - 1
+                    )
                 signum = stop.requested()
                 if signum:
                     bar.close()
                     writer.wait()  # the previous epoch's files are complete before last.pt is replaced
-                    _save_interrupted(cfg, world, state, epoch, step + 1, model, meter, visited, tables,
-                                      last_is_epoch_end)
-                    raise Interrupted(f"stopped after epoch {epoch + 1} step {step + 1} of {steps}; last.pt holds "
-                                      f"it: fastsglr train --resume {cfg.out}", signum)
+                    _save_interrupted(
+                        cfg, world, state, epoch, step + 1, model, meter, visited, tables, last_is_epoch_end
+                    )
+                    raise Interrupted(
+                        f"stopped after epoch {epoch + 1} step {step + 1} of {steps}; last.pt holds "
+                        f"it: fastsglr train --resume {cfg.out}",
+                        signum,
+                    )
             bad = meter.first_nonfinite_step()
             if bad is not None:
                 kept = f"last.pt keeps epoch {epoch}" if epoch else "no checkpoint was written"
-                raise TrainingError(f"the training loss became non-finite at epoch {epoch + 1}, step {bad + 1}: "
-                                    f"{kept}; lower --lr or check the data")
+                raise TrainingError(
+                    f"the training loss became non-finite at epoch {epoch + 1}, step {bad + 1}: "
+                    f"{kept}; lower --lr or check the data"
+                )
             train_seconds = time.perf_counter() - t0
             sync_sample_tables(world, tables, visited)
             check_ranks_agree(world, model, tables, epoch + 1)
@@ -260,26 +329,38 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read()}
             t_eval = time.perf_counter()
             if _evaluates(cfg, epoch):  # returns host floats: the evaluation has finished
-                row.update(engine.evaluate(test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size,
-                                           steps=cfg.eval_steps))
+                row.update(
+                    engine.evaluate(
+                        test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size, steps=cfg.eval_steps
+                    )
+                )
             else:  # no test accuracy (null in metrics.jsonl): the epoch cannot become best.pt
                 row.update(dict.fromkeys(TEST_COLUMNS))
             eval_seconds = time.perf_counter() - t_eval
-            row.update({**(hessian.measure(model, epoch) if hessian else {}),
-                        "eval_steps": cfg.eval_steps, "ranks": world.size, "train_seconds": train_seconds,
-                        "eval_seconds": eval_seconds, "epoch_seconds": time.perf_counter() - t0,
-                        "train_images_per_second": world.size * train_loader.num_samples / train_seconds})
+            row.update(
+                {
+                    **(hessian.measure(model, epoch) if hessian else {}),
+                    "eval_steps": cfg.eval_steps,
+                    "ranks": world.size,
+                    "train_seconds": train_seconds,
+                    "eval_seconds": eval_seconds,
+                    "epoch_seconds": time.perf_counter() - t0,
+                    "train_images_per_second": world.size * train_loader.num_samples / train_seconds,
+                }
+            )
             tracker.add(row)
             if world.is_main:  # copied off the device now; written while the next epoch trains
-                writer.submit(functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)),
-                                                tracker.is_best_last))
+                writer.submit(
+                    functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)), tracker.is_best_last)
+                )
             last_is_epoch_end = True
             seconds_per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start_epoch)
             log(_format_row(row, seconds_per_epoch * (cfg.epochs - epoch - 1)))
             signum = stop.requested()  # a signal during evaluation: last.pt of this epoch is written on the way out
             if signum:
-                raise Interrupted(f"stopped after epoch {epoch + 1}; last.pt holds it: "
-                                  f"fastsglr train --resume {cfg.out}", signum)
+                raise Interrupted(
+                    f"stopped after epoch {epoch + 1}; last.pt holds it: fastsglr train --resume {cfg.out}", signum
+                )
 
     summary = _summary(cfg, tracker)
     if world.is_main:
@@ -290,8 +371,9 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
         except ImportError:  # matplotlib is an extra: a bare GPU box trains without it
             log("matplotlib is not installed: no curves.png")
         else:
-            plot_curves({os.path.basename(os.path.normpath(cfg.out)): tracker.history},
-                        os.path.join(cfg.out, "curves.png"))
+            plot_curves(
+                {os.path.basename(os.path.normpath(cfg.out)): tracker.history}, os.path.join(cfg.out, "curves.png")
+            )
     barrier(world)
     return summary
 
@@ -308,11 +390,14 @@ def _save_interrupted(cfg, world, state, epoch, step, model, meter, visited, tab
 
 def _position(model, meter, visited) -> dict:
     """This rank's place in an epoch: what ``_restore_position`` needs to go on from it exactly."""
-    return {"rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if meter.sums.device.type == "cuda" else None,
-            "buffers": {k: v.cpu() for k, v in model.named_buffers()},
-            "meter_sums": meter.sums.cpu(), "first_bad_step": meter.first_bad_step.cpu(),
-            "visited": None if visited is None else visited.cpu()}
+    return {
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state() if meter.sums.device.type == "cuda" else None,
+        "buffers": {k: v.cpu() for k, v in model.named_buffers()},
+        "meter_sums": meter.sums.cpu(),
+        "first_bad_step": meter.first_bad_step.cpu(),
+        "visited": None if visited is None else visited.cpu(),
+    }
 
 
 def _restore_position(position, model, meter, visited):

@@ -6,8 +6,9 @@ CPU, or the Triton kernels in the Triton interpreter on CPU when TRITON_INTERPRE
 of this package; ``backend(tensor)`` says which), or ``PLAIN_OPS``, the plain PyTorch definitions on every device.
 Nothing swaps one for the other at run time.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import reference
 from .ops import backend, pgd_step, pgd_step_, sglr_loss, sglr_settings, soft_cross_entropy
@@ -27,5 +28,15 @@ class OpSet:
 PLAIN_OPS = OpSet("plain", reference.pgd_step, reference.sglr_loss, reference.soft_cross_entropy)
 FUSED_OPS = OpSet("fused", pgd_step, sglr_loss, soft_cross_entropy)
 
-__all__ = ["FUSED_OPS", "PLAIN_OPS", "OpSet", "backend", "pgd_step", "pgd_step_", "sglr_loss", "sglr_settings",
-           "sglr_target", "soft_cross_entropy"]
+__all__ = [
+    "FUSED_OPS",
+    "PLAIN_OPS",
+    "OpSet",
+    "backend",
+    "pgd_step",
+    "pgd_step_",
+    "sglr_loss",
+    "sglr_settings",
+    "sglr_target",
+    "soft_cross_entropy",
+]

@@ -14,7 +14,6 @@ the EMA table and needs a gradient. So each loss is two ops:
 * ``mean_with_saved_grad(logits, row_loss, grad)``: ``row_loss.mean()``, differentiable in ``logits`` only, its
   backward scales the saved gradient by the incoming one. ``logits`` is an input only to carry autograd.
 """
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -51,16 +50,24 @@ def backend(tensor: Tensor) -> str:
     return "triton" if tensor.device.type == "cuda" else "reference"
 
 
-def _scalar(value: float, in_memory: Optional[Tensor]):
+def _scalar(value: float, in_memory: Tensor | None):
     """The op schema carries each PGD scalar as a float plus an optional 0-d tensor that overrides it."""
     return value if in_memory is None else in_memory
 
 
 # ---- PGD step -----------------------------------------------------------------------------------------------
 
+
 @triton_op("fastsglr::pgd_step", mutates_args=())
-def _pgd_step(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: float,
-              step_size_t: Optional[Tensor], eps_t: Optional[Tensor]) -> Tensor:
+def _pgd_step(
+    x_adv: Tensor,
+    x: Tensor,
+    grad: Tensor,
+    step_size: float,
+    eps: float,
+    step_size_t: Tensor | None,
+    eps_t: Tensor | None,
+) -> Tensor:
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
     if x_adv.device.type == "cuda" and _kernels_take(x_adv, x, grad):
         return launch_pgd_step(x_adv, x, grad, step_size, eps)
@@ -76,8 +83,15 @@ def _pgd_step_cpu(x_adv, x, grad, step_size, eps, step_size_t, eps_t):
 
 
 @triton_op("fastsglr::pgd_step_inplace", mutates_args={"x_adv"})
-def _pgd_step_(x_adv: Tensor, x: Tensor, grad: Tensor, step_size: float, eps: float,
-               step_size_t: Optional[Tensor], eps_t: Optional[Tensor]) -> None:
+def _pgd_step_(
+    x_adv: Tensor,
+    x: Tensor,
+    grad: Tensor,
+    step_size: float,
+    eps: float,
+    step_size_t: Tensor | None,
+    eps_t: Tensor | None,
+) -> None:
     step_size, eps = _scalar(step_size, step_size_t), _scalar(eps, eps_t)
     if x_adv.device.type == "cuda" and _kernels_take(x_adv, x, grad):
         launch_pgd_step_(x_adv, x, grad, step_size, eps)
@@ -95,6 +109,7 @@ def _pgd_step_inplace_cpu(x_adv, x, grad, step_size, eps, step_size_t, eps_t):
 
 
 # ---- Soft-target cross-entropy and SGLR ---------------------------------------------------------------------
+
 
 def _reference_soft_ce_forward(logits, target):
     row_loss, grad = reference.soft_cross_entropy_forward(logits, target)
@@ -121,8 +136,9 @@ def _soft_ce_forward_cpu(logits, target):
 
 
 @triton_op("fastsglr::sglr_forward", mutates_args={"table"})
-def _sglr_forward(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,
-                  settings: Tensor) -> tuple[Tensor, Tensor]:
+def _sglr_forward(
+    logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor, settings: Tensor
+) -> tuple[Tensor, Tensor]:
     if logits_adv.device.type == "cuda" and _kernels_take(logits_adv, logits_clean, table):
         return launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
     return _reference_sglr_forward(logits_adv, logits_clean, labels, index, table, settings)
@@ -154,6 +170,7 @@ _mean_with_saved_grad.register_autograd(_backward_mean_with_saved_grad, setup_co
 
 
 # ---- Public functions ---------------------------------------------------------------------------------------
+
 
 def _split(value):
     """A PGD scalar as the op takes it: (float, None) for a number, (0.0, tensor) for a tensor."""
@@ -188,6 +205,7 @@ def sglr_settings(r, temperature, alpha, lam, device) -> Tensor:
     Each may be a float or a 0-d tensor; float64 holds a Python float exactly, so ``1 - lam`` rounds as it does in
     Python. A float becomes a ``torch.full`` (a factory op: traceable on fake tensors, where a tensor built from data
     is not)."""
+
     def number(v):
         if isinstance(v, Tensor):
             return v.to(device, torch.float64)
@@ -196,8 +214,9 @@ def sglr_settings(r, temperature, alpha, lam, device) -> Tensor:
     return torch.stack([number(v) for v in (r, temperature, alpha, lam)])
 
 
-def sglr_loss(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor,
-              r, temperature, alpha, lam) -> Tensor:
+def sglr_loss(
+    logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: Tensor, table: Tensor, r, temperature, alpha, lam
+) -> Tensor:
     """SGLR in one fused pass (see ``reference.sglr_loss``): updates ``table[index]`` in place, returns the loss.
 
     ``r``, ``temperature``, ``alpha``, ``lam``: floats or 0-d tensors on the logits' device (the kernel reads them
@@ -207,5 +226,6 @@ def sglr_loss(logits_adv: Tensor, logits_clean: Tensor, labels: Tensor, index: T
     """
     settings = sglr_settings(r, temperature, alpha, lam, logits_adv.device)
     row_loss, grad = torch.ops.fastsglr.sglr_forward(
-        logits_adv.detach(), logits_clean.detach(), labels, index, table, settings)
+        logits_adv.detach(), logits_clean.detach(), labels, index, table, settings
+    )
     return torch.ops.fastsglr.mean_with_saved_grad(logits_adv, row_loss, grad)

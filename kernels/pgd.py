@@ -3,6 +3,7 @@
 The op is elementwise, so it runs over the flat storage of tensors that share one dense layout (contiguous or
 channels-last alike); inputs laid out differently from x_adv are first copied into x_adv's layout.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -16,9 +17,16 @@ ELEMENTS_PER_THREAD = 8  # 8 warps; two 16-byte loads per fp32 tensor in flight 
 
 @triton.jit
 def pgd_step_kernel(
-    x_adv_ptr, x_ptr, grad_ptr, out_ptr, n_elements,
-    step_size, eps,  # a float, or a pointer to a 0-d tensor when the *_IN_MEMORY flag says so
-    STEP_IN_MEMORY: tl.constexpr, EPS_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr,
+    x_adv_ptr,
+    x_ptr,
+    grad_ptr,
+    out_ptr,
+    n_elements,
+    step_size,
+    eps,  # a float, or a pointer to a 0-d tensor when the *_IN_MEMORY flag says so
+    STEP_IN_MEMORY: tl.constexpr,
+    EPS_IN_MEMORY: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: no overflow past 2**31
     mask = offsets < n_elements
@@ -36,8 +44,9 @@ def pgd_step_kernel(
     # PropagateNan.ALL: a NaN in x_adv or x stays NaN, as with torch.maximum/minimum/clamp in the reference.
     lo = tl.maximum(moved, x - eps, propagate_nan=tl.PropagateNan.ALL)
     projected = tl.minimum(lo, x + eps, propagate_nan=tl.PropagateNan.ALL)
-    clamped = tl.minimum(tl.maximum(projected, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
-                         propagate_nan=tl.PropagateNan.ALL)
+    clamped = tl.minimum(
+        tl.maximum(projected, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL
+    )
     tl.store(out_ptr + offsets, clamped.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -61,13 +70,16 @@ def _is_dense(t: torch.Tensor) -> bool:
 def _check(x_adv, x, grad, step_size, eps) -> None:
     """Host-side checks on shapes and dtypes only (metadata: no device sync)."""
     if x_adv.shape != x.shape or x_adv.shape != grad.shape:
-        raise ValueError(f"pgd_step: shapes differ: x_adv {tuple(x_adv.shape)}, x {tuple(x.shape)}, "
-                         f"grad {tuple(grad.shape)}")
+        raise ValueError(
+            f"pgd_step: shapes differ: x_adv {tuple(x_adv.shape)}, x {tuple(x.shape)}, grad {tuple(grad.shape)}"
+        )
     check_dtypes("pgd_step", x_adv, x, grad)
     for name, value in (("step_size", step_size), ("eps", eps)):
         if isinstance(value, torch.Tensor) and (value.numel() != 1 or value.device != x_adv.device):
-            raise ValueError(f"pgd_step: {name} must be a float or a one-element tensor on {x_adv.device}, "
-                             f"got shape {tuple(value.shape)} on {value.device}")
+            raise ValueError(
+                f"pgd_step: {name} must be a float or a one-element tensor on {x_adv.device}, "
+                f"got shape {tuple(value.shape)} on {value.device}"
+            )
 
 
 def _launch(out, x_adv, x, grad, step_size, eps) -> None:
@@ -81,9 +93,17 @@ def _launch(out, x_adv, x, grad, step_size, eps) -> None:
         return
     kernel = pgd_step_kernel if is_interpreted(pgd_step_kernel) else wrap_triton(pgd_step_kernel)
     kernel[(triton.cdiv(n, BLOCK),)](
-        x_adv, x, grad, out, n, step_size, eps,
-        STEP_IN_MEMORY=isinstance(step_size, torch.Tensor), EPS_IN_MEMORY=isinstance(eps, torch.Tensor),
-        BLOCK=BLOCK, num_warps=num_warps_for(BLOCK, ELEMENTS_PER_THREAD),
+        x_adv,
+        x,
+        grad,
+        out,
+        n,
+        step_size,
+        eps,
+        STEP_IN_MEMORY=isinstance(step_size, torch.Tensor),
+        EPS_IN_MEMORY=isinstance(eps, torch.Tensor),
+        BLOCK=BLOCK,
+        num_warps=num_warps_for(BLOCK, ELEMENTS_PER_THREAD),
     )
 
 

@@ -4,6 +4,7 @@ These functions are the semantics. The Triton kernels (``pgd.py``, ``sglr.py``) 
 path of each ``torch.library`` op (``ops.py``) calls them, and the tests compare both against float64 copies.
 All math is done in float32 (or float64 when given float64), whatever the input dtype.
 """
+
 import torch
 
 

@@ -6,6 +6,7 @@ respect to logits_adv, ``(sum(y) * softmax(z_adv) - y) / B``, so the backward pa
 incoming scalar gradient. The batch loss is the mean of the per-row losses, taken by the caller with a
 deterministic ``torch.mean``.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -52,12 +53,26 @@ def _load_logits(ptr, rows, cols, stride_row, stride_col, mask, col_ok):
 
 @triton.jit
 def sglr_forward_kernel(
-    z_adv_ptr, z_clean_ptr, labels_ptr, index_ptr, table_ptr, row_loss_ptr, grad_ptr,
-    n_rows, n_cols,
-    stride_adv, stride_adv_k, stride_clean, stride_clean_k, stride_labels, stride_index,
-    stride_table, stride_table_k,
+    z_adv_ptr,
+    z_clean_ptr,
+    labels_ptr,
+    index_ptr,
+    table_ptr,
+    row_loss_ptr,
+    grad_ptr,
+    n_rows,
+    n_cols,
+    stride_adv,
+    stride_adv_k,
+    stride_clean,
+    stride_clean_k,
+    stride_labels,
+    stride_index,
+    stride_table,
+    stride_table_k,
     settings_ptr,  # [r, temperature, alpha, lam]: read on the device, so new values need no recompile
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_K)
@@ -90,9 +105,18 @@ def sglr_forward_kernel(
 
 @triton.jit
 def soft_ce_forward_kernel(
-    z_ptr, y_ptr, row_loss_ptr, grad_ptr,
-    n_rows, n_cols, stride_z, stride_z_k, stride_y, stride_y_k,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    z_ptr,
+    y_ptr,
+    row_loss_ptr,
+    grad_ptr,
+    n_rows,
+    n_cols,
+    stride_z,
+    stride_z_k,
+    stride_y,
+    stride_y_k,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_K)
@@ -128,13 +152,17 @@ def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings
     """
     n_rows, n_cols = logits_adv.shape
     if logits_clean.shape != logits_adv.shape or table.dim() != 2 or table.shape[1] != n_cols:
-        raise ValueError(f"sglr_loss: logits_adv {tuple(logits_adv.shape)}, logits_clean "
-                         f"{tuple(logits_clean.shape)} and table {tuple(table.shape)} disagree")
+        raise ValueError(
+            f"sglr_loss: logits_adv {tuple(logits_adv.shape)}, logits_clean "
+            f"{tuple(logits_clean.shape)} and table {tuple(table.shape)} disagree"
+        )
     if labels.shape != (n_rows,) or index.shape != (n_rows,):
         raise ValueError(f"sglr_loss: labels {tuple(labels.shape)} and index {tuple(index.shape)} must be ({n_rows},)")
     if settings.shape != (4,) or settings.device != logits_adv.device:
-        raise ValueError(f"sglr_loss: settings must be [r, temperature, alpha, lam] on {logits_adv.device}, got shape "
-                         f"{tuple(settings.shape)} on {settings.device}")
+        raise ValueError(
+            f"sglr_loss: settings must be [r, temperature, alpha, lam] on {logits_adv.device}, got shape "
+            f"{tuple(settings.shape)} on {settings.device}"
+        )
     check_dtypes("sglr_loss", logits_adv, logits_clean, table)
     row_loss, grad = _outputs(logits_adv)
     if n_rows == 0:
@@ -142,10 +170,23 @@ def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings
     config = launch_config(n_rows, n_cols)
     kernel = sglr_forward_kernel if is_interpreted(sglr_forward_kernel) else wrap_triton(sglr_forward_kernel)
     kernel[(triton.cdiv(n_rows, config["BLOCK_B"]),)](
-        logits_adv, logits_clean, labels, index, table, row_loss, grad,
-        n_rows, n_cols,
-        logits_adv.stride(0), logits_adv.stride(1), logits_clean.stride(0), logits_clean.stride(1),
-        labels.stride(0), index.stride(0), table.stride(0), table.stride(1),
+        logits_adv,
+        logits_clean,
+        labels,
+        index,
+        table,
+        row_loss,
+        grad,
+        n_rows,
+        n_cols,
+        logits_adv.stride(0),
+        logits_adv.stride(1),
+        logits_clean.stride(0),
+        logits_clean.stride(1),
+        labels.stride(0),
+        index.stride(0),
+        table.stride(0),
+        table.stride(1),
         settings,
         **config,
     )
@@ -155,8 +196,9 @@ def launch_sglr_forward(logits_adv, logits_clean, labels, index, table, settings
 def launch_soft_ce_forward(logits, target):
     """Launch the soft-target cross-entropy pass: returns (row_loss, grad_logits)."""
     if logits.dim() != 2 or target.shape != logits.shape:
-        raise ValueError(f"soft_cross_entropy: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
-                         "must be the same [B, K]")
+        raise ValueError(
+            f"soft_cross_entropy: logits {tuple(logits.shape)} and target {tuple(target.shape)} must be the same [B, K]"
+        )
     check_dtypes("soft_cross_entropy", logits, target)
     row_loss, grad = _outputs(logits)
     n_rows, n_cols = logits.shape
@@ -165,8 +207,16 @@ def launch_soft_ce_forward(logits, target):
     config = launch_config(n_rows, n_cols)
     kernel = soft_ce_forward_kernel if is_interpreted(soft_ce_forward_kernel) else wrap_triton(soft_ce_forward_kernel)
     kernel[(triton.cdiv(n_rows, config["BLOCK_B"]),)](
-        logits, target, row_loss, grad,
-        n_rows, n_cols, logits.stride(0), logits.stride(1), target.stride(0), target.stride(1),
+        logits,
+        target,
+        row_loss,
+        grad,
+        n_rows,
+        n_cols,
+        logits.stride(0),
+        logits.stride(1),
+        target.stride(0),
+        target.stride(1),
         **config,
     )
     return row_loss, grad

@@ -1,4 +1,5 @@
 """Small helpers shared by the Triton kernel modules."""
+
 import torch
 
 # The dtypes the Triton kernels load and store; their math is always float32.

@@ -1,5 +1,6 @@
 """Shared test set-up: without a GPU, Triton kernels run in the interpreter; GPU tests skip without a GPU; small
 digits data directories are prepared once per session."""
+
 import os
 
 import pytest

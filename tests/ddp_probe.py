@@ -7,6 +7,7 @@ Each rank writes into EVIDENCE_DIR, without changing what the run computes:
 - ``order-rank{r}.pt``: the sample indices of each of its training batches in epochs 0 and 1, from the device
   loader and from the FFCV loader (which must agree: the device loader re-implements FFCV's distributed order).
 """
+
 import os
 import sys
 
@@ -24,9 +25,8 @@ def record_orders(evidence, data, batch_size, world):
     info = read_data_dir(data)
     orders = {}
     # The GPU box has no FFCV: the two-GPU test there needs the tables, not the orders.
-    for kind, loader_class in (("device", DeviceLoader), ("ffcv", FFCVLoader))[:2 if ffcv_available() else 1]:
-        loader = loader_class(info, "train", per_rank_batch(world, batch_size), "cpu", train=True, seed=0,
-                              world=world)
+    for kind, loader_class in (("device", DeviceLoader), ("ffcv", FFCVLoader))[: 2 if ffcv_available() else 1]:
+        loader = loader_class(info, "train", per_rank_batch(world, batch_size), "cpu", train=True, seed=0, world=world)
         orders[kind] = [[batch.index.tolist() for batch in loader] for _epoch in range(2)]
     torch.save(orders, os.path.join(evidence, f"order-rank{world.rank}.pt"))
 

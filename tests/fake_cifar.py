@@ -1,4 +1,5 @@
 """Hand-built CIFAR-10/100 releases in the official python-pickle format, for the reader and prepare tests."""
+
 import pickle
 import tarfile
 from pathlib import Path
@@ -51,8 +52,10 @@ def _write_cifar10(root: Path, rng: np.random.Generator) -> dict:
     _dump(folder / "test_batch", {b"batch_label": b"testing batch", b"data": test_rows, b"labels": test_labels})
     _dump(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072})
     return {
-        "train_rows": np.concatenate(train_rows), "train_labels": np.array(train_labels),
-        "test_rows": test_rows, "test_labels": np.array(test_labels),
+        "train_rows": np.concatenate(train_rows),
+        "train_labels": np.array(train_labels),
+        "test_rows": test_rows,
+        "test_labels": np.array(test_labels),
     }
 
 
@@ -63,17 +66,29 @@ def _write_cifar100(root: Path, rng: np.random.Generator) -> dict:
     folder.mkdir(parents=True)
     superclass = rng.permutation(np.repeat(np.arange(20), 5))
     expected = {"superclass": superclass, "names": [f"fine{k}" for k in range(100)]}
-    for split, labels in (("train", np.concatenate([rng.permutation(100), rng.integers(0, 100, 20)])),
-                          ("test", rng.integers(0, 100, 9))):
+    for split, labels in (
+        ("train", np.concatenate([rng.permutation(100), rng.integers(0, 100, 20)])),
+        ("test", rng.integers(0, 100, 9)),
+    ):
         rows = _fake_rows(rng, len(labels))
-        _dump(folder / split, {
-            b"data": rows, b"fine_labels": labels.tolist(), b"coarse_labels": superclass[labels].tolist(),
-        }, numpy1=False)
+        _dump(
+            folder / split,
+            {
+                b"data": rows,
+                b"fine_labels": labels.tolist(),
+                b"coarse_labels": superclass[labels].tolist(),
+            },
+            numpy1=False,
+        )
         expected[f"{split}_rows"], expected[f"{split}_labels"] = rows, labels
-    _dump(folder / "meta", {
-        b"fine_label_names": [n.encode() for n in expected["names"]],
-        b"coarse_label_names": [f"coarse{k}".encode() for k in range(20)],
-    }, numpy1=False)
+    _dump(
+        folder / "meta",
+        {
+            b"fine_label_names": [n.encode() for n in expected["names"]],
+            b"coarse_label_names": [f"coarse{k}".encode() for k in range(20)],
+        },
+        numpy1=False,
+    )
     return expected
 
 

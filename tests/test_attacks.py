@@ -1,4 +1,5 @@
 """PGD and the TRADES attack: constraints, closed-form optima on linear models, and side-effect freedom."""
+
 import pytest
 import torch
 from torch import nn
@@ -11,8 +12,12 @@ EPS = 8 / 255
 
 def tiny_bn_net(num_classes=5, in_channels=3):
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes),
+        nn.Conv2d(in_channels, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, num_classes),
     )
 
 
@@ -82,7 +87,7 @@ def test_pgd_cw_raises_margin_above_any_sampled_point():
     x_adv = pgd(model, x, labels, eps=EPS, step_size=EPS / 4, steps=20, loss="cw")
     with torch.no_grad():
         z = model(x_adv).double()
-        margin = (z.scatter(1, labels[:, None], float("-inf")).amax(1) - z.gather(1, labels[:, None]).squeeze(1))
+        margin = z.scatter(1, labels[:, None], float("-inf")).amax(1) - z.gather(1, labels[:, None]).squeeze(1)
         best_sampled = cw_margin(model(x), labels).double()
         for _ in range(256):
             noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * EPS
@@ -122,8 +127,9 @@ def test_cw_margin_matches_loop():
 def test_pgd_without_start_or_steps_returns_x():
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(4, 3, 8, 8, generator=gen)
-    out = pgd(tiny_bn_net(), x, torch.randint(0, 5, (4,), generator=gen), eps=EPS, step_size=EPS, steps=0,
-              random_start=False)
+    out = pgd(
+        tiny_bn_net(), x, torch.randint(0, 5, (4,), generator=gen), eps=EPS, step_size=EPS, steps=0, random_start=False
+    )
     assert torch.equal(out, x)
 
 
@@ -177,8 +183,15 @@ def test_pgd_sample_does_not_depend_on_rest_of_batch():
 
 def test_unknown_attack_loss_is_a_usage_error():
     with pytest.raises(UsageError):
-        pgd(tiny_bn_net(), torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), eps=EPS, step_size=EPS,
-            steps=1, loss="dlr")
+        pgd(
+            tiny_bn_net(),
+            torch.rand(2, 3, 8, 8),
+            torch.zeros(2, dtype=torch.long),
+            eps=EPS,
+            step_size=EPS,
+            steps=1,
+            loss="dlr",
+        )
 
 
 @pytest.mark.parametrize("steps", [0, 4])
@@ -200,8 +213,7 @@ def test_trades_attack_ends_at_a_kl_maximising_corner_of_two_class_linear_model(
     x = images_with_edges(32, shape, gen)
     w = model[1].weight.detach()
     direction = torch.sign(w[1] - w[0]).view(shape)
-    corners = [torch.minimum(torch.maximum((x + s * EPS * direction).clamp(0, 1), x - EPS), x + EPS)
-               for s in (1, -1)]
+    corners = [torch.minimum(torch.maximum((x + s * EPS * direction).clamp(0, 1), x - EPS), x + EPS) for s in (1, -1)]
     x_adv = trades_attack(model, x, eps=EPS, step_size=EPS / 4, steps=12)
     at_corner = [((x_adv - c).flatten(1).abs().amax(1) < 1e-6) for c in corners]
     assert (at_corner[0] | at_corner[1]).all()
@@ -212,6 +224,7 @@ def test_trades_attack_ends_at_a_kl_maximising_corner_of_two_class_linear_model(
 
 
 # ---- The attack's gradient path: torch.func.grad, bit for bit what torch.autograd.grad gave --------------------
+
 
 def autograd_pgd(model, x, labels, *, eps, step_size, steps, loss):
     """The PGD loop as written before torch.func.grad (torch.autograd.grad on a leaf made with requires_grad_,
@@ -239,8 +252,9 @@ def autograd_trades_attack(model, x, *, eps, step_size, steps):
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            objective = torch.nn.functional.kl_div(torch.log_softmax(model(x_adv).float(), dim=1), p_clean,
-                                                   reduction="sum")
+            objective = torch.nn.functional.kl_div(
+                torch.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum"
+            )
         (grad,) = torch.autograd.grad(objective, x_adv)
         x_adv = pgd_step(x_adv.detach(), x, grad, step_size, eps)
     return x_adv.detach()
@@ -265,8 +279,11 @@ def test_eager_attack_is_bit_identical_to_autograd_grad(attack, bn_train):
             else:
                 x_adv = autograd_pgd(model, x, y, eps=eps, step_size=step, steps=3, loss=attack[4:])
         else:
-            e, s = (eps, step) if variant == "float" else (torch.tensor(eps, dtype=torch.float64),
-                                                           torch.tensor(step, dtype=torch.float64))
+            e, s = (
+                (eps, step)
+                if variant == "float"
+                else (torch.tensor(eps, dtype=torch.float64), torch.tensor(step, dtype=torch.float64))
+            )
             if attack == "trades":
                 x_adv = trades_attack(model, x, eps=e, step_size=s, steps=3)
             else:
@@ -281,6 +298,7 @@ def test_eager_attack_is_bit_identical_to_autograd_grad(attack, bn_train):
 
 
 # ---- Starts and extra terms: TRADES' two starts, PGD-AT + TE's objective ------------------------------------------
+
 
 def test_trades_starts_gaussian_by_default_and_uniform_on_request():
     """Zero steps return the start itself: gaussian x + 0.001 N(0, 1) (std 0.001, mean 0), or uniform in the eps-ball

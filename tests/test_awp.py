@@ -1,5 +1,6 @@
 """AWP (awp.py) against Wu et al.'s algorithm written out here in float64 with plain autograd and a deep-copied proxy
 (csdongxian/AWP utils_awp.py: calc_awp, diff_in_weights, perturb, restore), in both engines."""
+
 import copy
 import dataclasses
 
@@ -23,8 +24,9 @@ CFG = Config(eps=16 / 255, step_size=4 / 255, attack_steps=2, labels="hard", lr=
 
 def tiny_bn_net(seed):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(5 * 6 * 6, K))
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 6 * 6, K)
+    )
     net[1].running_mean.uniform_(-0.2, 0.2)
     net[1].running_var.uniform_(0.5, 1.5)
     return net
@@ -89,8 +91,11 @@ def awp_reference(cfg, seed):
     (-training_loss(proxy)).backward()
     proxy_opt.step()
     old, new = model.state_dict(), proxy.state_dict()
-    diff = {k: old[k].norm() / ((new[k] - old[k]).norm() + 1e-20) * (new[k] - old[k])
-            for k in old if old[k].dim() > 1 and "weight" in k}
+    diff = {
+        k: old[k].norm() / ((new[k] - old[k]).norm() + 1e-20) * (new[k] - old[k])
+        for k in old
+        if old[k].dim() > 1 and "weight" in k
+    }
     params = dict(model.named_parameters())
     with torch.no_grad():
         for k, d in diff.items():
@@ -145,8 +150,9 @@ def test_compiled_fast_engine_matches_reference_with_awp(method, labels):
 def test_awp_iteration_compiles_as_one_graph(method):
     from fastsglr.engine.census import take_census
 
-    census = take_census(Config(model="smallcnn", method=method, labels="sglr", attack_steps=1, batch_size=4,
-                                awp_gamma=0.01))
+    census = take_census(
+        Config(model="smallcnn", method=method, labels="sglr", attack_steps=1, batch_size=4, awp_gamma=0.01)
+    )
     assert (census.graphs, census.graph_breaks) == (1, 0)
 
 
@@ -156,8 +162,30 @@ def test_digits_demo_with_awp_and_sglr_trains(digits_dir, tmp_path):
     from fastsglr.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--data", digits_dir, "--out", str(out), "--preset", "demo", "--epochs", "2",
-                 "--eval-subset", "120", "--device", "cpu", "--labels", "sglr", "--awp-gamma", "0.01"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                digits_dir,
+                "--out",
+                str(out),
+                "--preset",
+                "demo",
+                "--epochs",
+                "2",
+                "--eval-subset",
+                "120",
+                "--device",
+                "cpu",
+                "--labels",
+                "sglr",
+                "--awp-gamma",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["train_adv_acc"] > rows[0]["train_adv_acc"]  # it learns: robust training accuracy rises ...

@@ -1,5 +1,6 @@
 """The background writer: the state it writes is a snapshot taken at submit time, one job runs at a time, submit
 returns while the job runs, and a job's error is raised as it is by the next wait (and on leaving the block)."""
+
 import threading
 
 import pytest

@@ -1,7 +1,8 @@
 """Every bad input in the error table (docs/errors.md, "Bad input and the errors it gets"), run through the command
 line: exit code 2, exactly the table's error line on stderr, and nothing written. That page is the one list: a row
-added there is tested here, and a row whose command needs set-up this file lacks fails the table check. Also: a disk that
-fills mid-write keeps the previous file and leaves no temp file behind."""
+added there is tested here, and a row whose command needs set-up this file lacks fails the table check. Also: a disk
+that fills mid-write keeps the previous file and leaves no temp file behind."""
+
 import errno
 import fcntl
 import hashlib
@@ -30,9 +31,25 @@ ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 SECTION = "# Bad input and the errors it gets"
 # Placeholders in the table's commands. Shared ones are made once for the module (RUN_PLACES); the others are paths
 # in each row's own scratch folder.
-RUN_PLACES = ("DIGITS", "SYNTH", "RUN", "CKPT", "CIFAR_CKPT", "NOT_CKPT", "TRUNCATED_CKPT", "NO_ARRAYS", "NO_BETON",
-              "SWAPPED_BETON", "EVIL_CKPT", "LOCKED_RUN", "PID", "CHANGED_RUN", "CHANGED_DATA", "DAMAGED_CONFIG_RUN",
-              "LYING_META")
+RUN_PLACES = (
+    "DIGITS",
+    "SYNTH",
+    "RUN",
+    "CKPT",
+    "CIFAR_CKPT",
+    "NOT_CKPT",
+    "TRUNCATED_CKPT",
+    "NO_ARRAYS",
+    "NO_BETON",
+    "SWAPPED_BETON",
+    "EVIL_CKPT",
+    "LOCKED_RUN",
+    "PID",
+    "CHANGED_RUN",
+    "CHANGED_DATA",
+    "DAMAGED_CONFIG_RUN",
+    "LYING_META",
+)
 ROW_PLACES = ("OUT", "NOWHERE", "FULL", "LONG_NAME")
 LONG_NAME = "x" * 300  # one path component longer than any file system allows (255 bytes)
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]{2,}\b")  # in a command; in an error line only the names above count
@@ -115,8 +132,9 @@ def places(digits_dir, noisy_digits_dir, tmp_path_factory):
     _write_cifar10(root / "raw", np.random.default_rng(0))
     prepare("cifar10", str(root / "cifar10"), root=str(root / "raw"), **quiet)
     _run(["--data", digits_dir, "--out", str(root / "run"), "--labels", "hard", "--eval-subset", "50"])
-    _run(["--data", str(root / "cifar10"), "--out", str(root / "cifar_run"), "--batch-size", "16",
-          "--eval-subset", "6"])
+    _run(
+        ["--data", str(root / "cifar10"), "--out", str(root / "cifar_run"), "--batch-size", "16", "--eval-subset", "6"]
+    )
 
     ckpt = root / "run" / "final.pt"
     torch.save(load_checkpoint(str(ckpt))["model"], root / "weights.pt")  # plain torch weights: not ours
@@ -141,13 +159,26 @@ def places(digits_dir, noisy_digits_dir, tmp_path_factory):
     lock = os.open(locked / ".lock", os.O_RDWR | os.O_CREAT)  # held by this process, as a running train would
     fcntl.flock(lock, fcntl.LOCK_EX)
     os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
-    yield {"DIGITS": digits_dir, "SYNTH": str(synth), "RUN": str(root / "run"), "CKPT": str(ckpt),
-           "CIFAR_CKPT": str(root / "cifar_run" / "final.pt"), "NOT_CKPT": str(root / "weights.pt"),
-           "TRUNCATED_CKPT": str(root / "truncated.pt"), "NO_ARRAYS": str(no_arrays), "NO_BETON": str(no_beton),
-           "SWAPPED_BETON": str(swapped), "EVIL_CKPT": str(root / "evil.pt"), "LOCKED_RUN": str(locked),
-           "PID": str(os.getpid()), "CHANGED_RUN": str(root / "changed_run"), "CHANGED_DATA": str(changed),
-           "DAMAGED_CONFIG_RUN": str(damaged), "LYING_META": str(lying),
-           "ROOT": str(root)}  # ROOT: not a placeholder, what rows must not touch
+    yield {
+        "DIGITS": digits_dir,
+        "SYNTH": str(synth),
+        "RUN": str(root / "run"),
+        "CKPT": str(ckpt),
+        "CIFAR_CKPT": str(root / "cifar_run" / "final.pt"),
+        "NOT_CKPT": str(root / "weights.pt"),
+        "TRUNCATED_CKPT": str(root / "truncated.pt"),
+        "NO_ARRAYS": str(no_arrays),
+        "NO_BETON": str(no_beton),
+        "SWAPPED_BETON": str(swapped),
+        "EVIL_CKPT": str(root / "evil.pt"),
+        "LOCKED_RUN": str(locked),
+        "PID": str(os.getpid()),
+        "CHANGED_RUN": str(root / "changed_run"),
+        "CHANGED_DATA": str(changed),
+        "DAMAGED_CONFIG_RUN": str(damaged),
+        "LYING_META": str(lying),
+        "ROOT": str(root),
+    }  # ROOT: not a placeholder, what rows must not touch
     os.close(lock)
 
 
@@ -183,9 +214,14 @@ def _files(*roots):
 def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys, monkeypatch):
     if "--device cuda" in row.command and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    paths = {**places, "OUT": str(tmp_path / "out"), "NOWHERE": str(tmp_path / "nowhere"), "FULL": full_device,
-             "LONG_NAME": LONG_NAME}
-    places_in = re.compile(r"\b(%s)\b" % "|".join(RUN_PLACES + ROW_PLACES))
+    paths = {
+        **places,
+        "OUT": str(tmp_path / "out"),
+        "NOWHERE": str(tmp_path / "nowhere"),
+        "FULL": full_device,
+        "LONG_NAME": LONG_NAME,
+    }
+    places_in = re.compile(r"\b({})\b".format("|".join(RUN_PLACES + ROW_PLACES)))
 
     def fill(text):
         return places_in.sub(lambda m: paths[m.group(0)], text)
@@ -211,6 +247,7 @@ def test_bad_input_gets_its_error(row, places, full_device, tmp_path, capsys, mo
 
 # ------------------------------------------------------------------------------------------------ a full disk mid-way
 
+
 def _fsync_fails(monkeypatch, code=errno.ENOSPC, when=lambda path: True):
     """The data reaches the temp file, then the device reports an error on fsync (where a full disk shows on NFS,
     quotas and delayed allocation) for the files ``when`` picks; other files sync as usual."""
@@ -233,8 +270,10 @@ def test_full_disk_mid_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch)
     with pytest.raises(UsageError) as exc:
         save_checkpoint(str(last), {"epoch": 2, "w": torch.randn(100)}, keep_previous=True)
     monkeypatch.undo()
-    assert str(exc.value) == (f"no space left on the device writing {last}: free space, then fastsglr train "
-                              f"--resume {last.parent} (the last good checkpoint is kept)")
+    assert str(exc.value) == (
+        f"no space left on the device writing {last}: free space, then fastsglr train "
+        f"--resume {last.parent} (the last good checkpoint is kept)"
+    )
     state = load_checkpoint(str(last))
     assert state["epoch"] == 1 and torch.equal(state["w"], good)
     assert os.listdir(last.parent) == ["last.pt"]  # no temp file, and last.pt was not moved aside
@@ -268,9 +307,11 @@ def test_run_stopped_by_a_full_disk_resumes(digits_dir, tmp_path, monkeypatch, c
 
     _fsync_fails(monkeypatch, when=second_last_pt)
     assert main(["train", "--data", digits_dir, "--out", str(out), *QUICK, "--epochs", "2", "--eval-subset", "50"]) == 2
-    assert capsys.readouterr().err == (f"fastsglr: error: no space left on the device writing {out}/last.pt: free "
-                                       f"space, then fastsglr train --resume {out} (the last good checkpoint is "
-                                       f"kept)\n")
+    assert capsys.readouterr().err == (
+        f"fastsglr: error: no space left on the device writing {out}/last.pt: free "
+        f"space, then fastsglr train --resume {out} (the last good checkpoint is "
+        f"kept)\n"
+    )
     assert load_checkpoint(str(out / "last.pt"))["epoch"] == 1
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     monkeypatch.undo()

@@ -2,6 +2,7 @@
 the reference twice (PyTorch's default and strict fp32) with both speed-ups, the rungs that need CUDA say so, a whole
 `fastsglr train` epoch is timed end to end, and the JSON, markdown and bar chart are written; a later `--only` part
 adds to the same JSON."""
+
 import json
 import os
 import subprocess
@@ -9,16 +10,29 @@ import sys
 
 import pytest
 
-RUNGS = ["reference eager fp32 (TF32 convolutions)", "reference eager strict fp32", "+bf16 autocast",
-         "+channels-last", "+torch.compile", "+fused kernels", "+CUDA graph"]
+RUNGS = [
+    "reference eager fp32 (TF32 convolutions)",
+    "reference eager strict fp32",
+    "+bf16 autocast",
+    "+channels-last",
+    "+torch.compile",
+    "+fused kernels",
+    "+CUDA graph",
+]
 HEADLINE = "+torch.compile"  # the top rung a CPU runs
 
 
 def _bench(tmp_path, *args):
     # The eager rungs must run the fused ops' CPU path, not the Triton interpreter another test module may turn on.
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "fastsglr", "bench", "--quick", "--device", "cpu", *args],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastsglr", "bench", "--quick", "--device", "cpu", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -61,7 +75,9 @@ def test_epochs_per_hour_quick(tmp_path):
     assert loaders["gpu-resident"]["images_per_second"] > 0 and loaders["gpu-resident"]["vs_engine"] > 0
     assert loaders["ffcv"]["status"] == "ok" or loaders["ffcv"]["status"].startswith("skipped: ffcv is not installed")
     table = out.with_suffix(".md").read_text()
-    assert f"| **{HEADLINE}** |" in table and "measure nothing else" in table and "TF32 does not exist on a CPU" in table
+    assert (
+        f"| **{HEADLINE}** |" in table and "measure nothing else" in table and "TF32 does not exist on a CPU" in table
+    )
     assert "## A whole `fastsglr train` epoch" in table
     assert out.with_suffix(".png").stat().st_size > 0
 

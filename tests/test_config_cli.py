@@ -1,4 +1,5 @@
 """Config presets, flag precedence, fractions, validation, and the CLI's help and exit codes."""
+
 import argparse
 import dataclasses
 import json
@@ -31,8 +32,14 @@ def test_defaults_are_the_papers_settings():
 
 def test_presets_and_explicit_flags_override_them():
     paper = _cfg("--preset", "paper")
-    assert (paper.r, paper.temperature, paper.ema_momentum, paper.lam, paper.ema_init, paper.sglr_warmup) == \
-        (0.2, 1.5, 0.9, 0.2, "onehot", 0)
+    assert (paper.r, paper.temperature, paper.ema_momentum, paper.lam, paper.ema_init, paper.sglr_warmup) == (
+        0.2,
+        1.5,
+        0.9,
+        0.2,
+        "onehot",
+        0,
+    )
     code = _cfg("--preset", "sgls-code")
     assert (code.r, code.temperature) == (1.0, 1.0)
     # The authors' main_adv.py runs epochs 1..200 and their SGLS loss is plain CE while epoch < es, es = 90 in
@@ -60,9 +67,20 @@ def test_fractions_and_config_round_trip():
         C.Config.from_dict({"nope": 1})
 
 
-@pytest.mark.parametrize("flag,value", [("--temperature", "0"), ("--ema-momentum", "1"), ("--lam", "-0.1"),
-                                        ("--batch-size", "0"), ("--epochs", "0"), ("--eps", "2"),
-                                        ("--method", "fgsm"), ("--labels", "mixup"), ("--schedule", "step")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--temperature", "0"),
+        ("--ema-momentum", "1"),
+        ("--lam", "-0.1"),
+        ("--batch-size", "0"),
+        ("--epochs", "0"),
+        ("--eps", "2"),
+        ("--method", "fgsm"),
+        ("--labels", "mixup"),
+        ("--schedule", "step"),
+    ],
+)
 def test_out_of_range_values_are_rejected(flag, value):
     with pytest.raises(UsageError) as exc:
         _cfg(flag, value)
@@ -140,8 +158,11 @@ def test_options_choices_are_what_validation_accepts():
 def test_train_help_lists_each_presets_values(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    lines = {line.split(": ", 1)[0].strip(): line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
-             if line.startswith("  ") and line.strip().split(":")[0] in C.PRESETS}
+    lines = {
+        line.split(": ", 1)[0].strip(): line.split(": ", 1)[1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("  ") and line.strip().split(":")[0] in C.PRESETS
+    }
     assert set(lines) == set(C.PRESETS)
     for name, overrides in C.PRESETS.items():
         typed = _cfg(*lines[name].split())  # the line, typed as flags, is the preset
@@ -179,6 +200,9 @@ def test_each_flag_sets_its_field():
         cfg = _cfg(*extra, flag, text)
         expected = os.path.abspath(value) if name == "data" else value
         assert getattr(cfg, name) == _approx(expected), name
-        others = {n: getattr(cfg, n) for n in C.OPTIONS if n not in (name, "data", "out", "engine", "precision",
-                                                                      "loader", "device")}
+        others = {
+            n: getattr(cfg, n)
+            for n in C.OPTIONS
+            if n not in (name, "data", "out", "engine", "precision", "loader", "device")
+        }
         assert others == {n: getattr(_cfg(*extra), n) for n in others}

@@ -1,5 +1,6 @@
 """Crash safety: checkpoints carry a checksum and a format version; a damaged last.pt falls back to the previous
 good one; a run killed with SIGKILL at random moments resumes to the same result as a run never killed."""
+
 import json
 import os
 import signal
@@ -68,9 +69,29 @@ def _rows(run_dir):
 
 
 def _command(data, out, *extra):
-    return [sys.executable, "-m", "fastsglr", "train", "--data", data, "--out", out, "--preset", "demo",
-            "--labels", "sglr", "--epochs", "3", "--eval-subset", "60", "--device", "cpu", "--loader", "device",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fastsglr",
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--preset",
+        "demo",
+        "--labels",
+        "sglr",
+        "--epochs",
+        "3",
+        "--eval-subset",
+        "60",
+        "--device",
+        "cpu",
+        "--loader",
+        "device",
+        *extra,
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -96,8 +117,9 @@ def _assert_same_run(out, whole, context):
 def test_sigterm_and_sigint_stop_after_a_step_and_resume_exactly(digits_dir, whole_run, tmp_path, signum):
     whole, _ = whole_run
     out = str(tmp_path / "stopped")
-    proc = subprocess.Popen(_command(digits_dir, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        _command(digits_dir, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:  # the handlers are in place once the run prints its config
         if line.startswith("config:"):
             break
@@ -110,8 +132,9 @@ def test_sigterm_and_sigint_stop_after_a_step_and_resume_exactly(digits_dir, who
     assert err.strip().splitlines()[-1].startswith("fastsglr: stopped after epoch") and "Traceback" not in err
     assert f"fastsglr train --resume {out}" in err
     stopped = load_checkpoint(os.path.join(out, "last.pt"))
-    subprocess.run([sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV, capture_output=True
+    )
     _assert_same_run(out, whole, f"stopped at epoch {stopped['epoch'] + 1}, step {stopped['step']}")
 
 
@@ -122,8 +145,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir,
     rng = np.random.default_rng()  # fresh kill points every run
     for i, fraction in enumerate(rng.uniform(0.3, 0.95, size=3)):
         out = str(tmp_path / f"killed{i}")
-        proc = subprocess.Popen(_command(digits_dir, out), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _command(digits_dir, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             proc.wait(timeout=fraction * duration)
         except subprocess.TimeoutExpired:
@@ -131,8 +155,11 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(digits_dir,
             proc.wait()
         while not os.path.exists(os.path.join(out, "final.pt")):
             has_checkpoint = any(os.path.exists(os.path.join(out, f)) for f in ("last.pt", "last.prev.pt"))
-            cmd = [sys.executable, "-m", "fastsglr", "train", "--resume", out] if has_checkpoint else \
-                _command(digits_dir, out, "--overwrite")
+            cmd = (
+                [sys.executable, "-m", "fastsglr", "train", "--resume", out]
+                if has_checkpoint
+                else _command(digits_dir, out, "--overwrite")
+            )
             subprocess.run(cmd, check=True, env=env, capture_output=True)
         _assert_same_run(out, whole, f"killed at {fraction:.2f} of the run")
 
@@ -157,8 +184,12 @@ sys.exit(main(sys.argv[2:]))
 def test_sigkill_during_a_background_checkpoint_write_keeps_the_previous_one(digits_dir, whole_run, tmp_path):
     whole, duration = whole_run
     out, marker = str(tmp_path / "killed"), tmp_path / "writing"
-    proc = subprocess.Popen([sys.executable, "-c", FSYNC_HANGS, str(marker), *_command(digits_dir, out)[3:]],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FSYNC_HANGS, str(marker), *_command(digits_dir, out)[3:]],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10 * duration + 60
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -167,6 +198,7 @@ def test_sigkill_during_a_background_checkpoint_write_keeps_the_previous_one(dig
     assert marker.exists(), "the run never reached epoch 2's checkpoint write"
     assert os.path.exists(os.path.join(out, "last.pt.tmp"))  # killed mid-write
     assert load_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 1
-    subprocess.run([sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "fastsglr", "train", "--resume", out], check=True, env=ENV, capture_output=True
+    )
     _assert_same_run(out, whole, "killed while epoch 2's last.pt was written in the background")

@@ -1,6 +1,7 @@
 """The data path: prepare -> arrays (and betons, with FFCV) -> loaders. Arrays read back pixel-exact and the betons
 hold the same records; loaders visit every index once per epoch, augment correctly, keep the clean labels, and the
 FFCV and device-held loaders yield identical batches."""
+
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ def _variants(image_chw, padding):
     out = []
     for flipped in (image_chw, image_chw.flip(2)):
         padded = torch.nn.functional.pad(flipped, (padding,) * 4)
-        out += [padded[:, dy:dy + H, dx:dx + W] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+        out += [padded[:, dy : dy + H, dx : dx + W] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
     return torch.stack(out)
 
 
@@ -36,13 +37,16 @@ def test_flip_crop_hand_made_image():
     # A 1 x 3 x 4 image with distinct values: flipped, shifted right by one (dx = 0), down by one (dy = 0).
     image = torch.arange(1, 13, dtype=torch.uint8).reshape(1, 1, 3, 4)
     g = epoch_generator(0, 0, "cpu")
-    flip, dy, dx = (torch.rand(1, generator=g) < 0.5), torch.randint(0, 3, (1,), generator=g), \
-        torch.randint(0, 3, (1,), generator=g)
+    flip, dy, dx = (
+        (torch.rand(1, generator=g) < 0.5),
+        torch.randint(0, 3, (1,), generator=g),
+        torch.randint(0, 3, (1,), generator=g),
+    )
     out = flip_crop(image, 1, epoch_generator(0, 0, "cpu"))[0, 0]
     src = image[0, 0].flip(1) if flip else image[0, 0]
     expected = torch.zeros(5, 6, dtype=torch.uint8)
     expected[1:4, 1:5] = src
-    assert torch.equal(out, expected[dy:dy + 3, dx:dx + 4])
+    assert torch.equal(out, expected[dy : dy + 3, dx : dx + 4])
     # And by hand, one concrete case: flip then crop at offset (0, 0) of the zero-padded image.
     padded = torch.zeros(5, 6, dtype=torch.uint8)
     padded[1:4, 1:5] = image[0, 0].flip(1)
@@ -69,8 +73,10 @@ def test_betons_hold_the_arrays_records(noisy_digits_dir):
     """Every record of both betons, read in order by the FFCV loader without augmentation, is the arrays' sample of
     that index: the two loaders read the same data."""
     info = read_data_dir(noisy_digits_dir, loader="ffcv")
-    assert set(json.load(open(os.path.join(noisy_digits_dir, "meta.json")))["checksums"]) >= {"train.beton",
-                                                                                                "test.beton"}
+    assert set(json.load(open(os.path.join(noisy_digits_dir, "meta.json")))["checksums"]) >= {
+        "train.beton",
+        "test.beton",
+    }
     for split in ("train", "test"):
         images, labels, clean = read_split(info, split)
         batches = list(FFCVLoader(info, split, 100, "cpu", train=False, seed=0))
@@ -220,8 +226,24 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
 
         shutil.rmtree(raw / folder)
     out = tmp_path / "data"
-    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(out),
-                 "--label-noise", "0.25", "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                dataset,
+                "--root",
+                str(raw),
+                "--out",
+                str(out),
+                "--label-noise",
+                "0.25",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     info = read_data_dir(str(out))
     assert info.image_shape == (32, 32, 3) and info.crop_padding == 4
     assert info.num_classes == (10 if dataset == "cifar10" else 100)
@@ -233,8 +255,9 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
         assert np.array_equal(clean, expected[f"{split}_labels"])
         if split == "train":
             # the labels the noise drew (its statistics: test_noise.py) reach the beton, next to the clean ones
-            assert np.array_equal(labels, corrupt_labels(clean, info.num_classes, 0.25, "symmetric", 4,
-                                                         dataset=dataset))
+            assert np.array_equal(
+                labels, corrupt_labels(clean, info.num_classes, 0.25, "symmetric", 4, dataset=dataset)
+            )
             assert 0 < np.sum(labels != clean) <= int(0.25 * len(labels))
             first_noisy = labels
         else:
@@ -244,9 +267,41 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
         assert tuple(img[0, 0]) == (255, 0, 0) and tuple(img[1, 2]) == (0, 255, 0) and img.sum() == 510
     # the same seed reproduces the noise, another seed changes it
     again, other = tmp_path / "again", tmp_path / "other"
-    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(again),
-                 "--label-noise", "0.25", "--seed", "4"]) == 0
-    assert main(["prepare", "--dataset", dataset, "--root", str(raw), "--out", str(other),
-                 "--label-noise", "0.25", "--seed", "5"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                dataset,
+                "--root",
+                str(raw),
+                "--out",
+                str(again),
+                "--label-noise",
+                "0.25",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                dataset,
+                "--root",
+                str(raw),
+                "--out",
+                str(other),
+                "--label-noise",
+                "0.25",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(read_split(read_data_dir(str(again)), "train")[1], first_noisy)
     assert not np.array_equal(read_split(read_data_dir(str(other)), "train")[1], first_noisy)

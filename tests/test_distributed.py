@@ -3,6 +3,7 @@
 Two ranks (global batch 64, 32 per rank) against one rank under torchrun with the same global batch (the same
 samples in every step), through ``tests/ddp_probe.py``, which has every rank record its batches and its label table.
 """
+
 import json
 import os
 import signal
@@ -29,8 +30,28 @@ def _torchrun(ranks, *args):
 
 
 def _train_args(data, out, *extra):
-    return ["train", "--data", data, "--out", out, "--preset", "demo", "--labels", "sglr", "--epochs", str(EPOCHS),
-            "--batch-size", "64", "--eval-subset", "200", "--device", "cpu", "--loader", "device", *extra]
+    return [
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--preset",
+        "demo",
+        "--labels",
+        "sglr",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "64",
+        "--eval-subset",
+        "200",
+        "--device",
+        "cpu",
+        "--loader",
+        "device",
+        *extra,
+    ]
 
 
 def _rows(run_dir):
@@ -46,8 +67,12 @@ def runs(digits_dir, tmp_path_factory):
     for ranks in (2, 1):
         evidence, run = root / f"evidence{ranks}", str(root / f"run{ranks}")
         evidence.mkdir()
-        subprocess.run(_torchrun(ranks, os.path.join(HERE, "ddp_probe.py"), str(evidence),
-                                 *_train_args(digits_dir, run)), check=True, env=ENV, capture_output=True)
+        subprocess.run(
+            _torchrun(ranks, os.path.join(HERE, "ddp_probe.py"), str(evidence), *_train_args(digits_dir, run)),
+            check=True,
+            env=ENV,
+            capture_output=True,
+        )
         out[ranks] = (run, evidence)
     out["data"] = digits_dir
     return out
@@ -109,8 +134,13 @@ def test_sigterm_then_resume_matches_uninterrupted_and_any_rank_count_resumes(ru
     whole = runs[2][0]
     start = time.perf_counter()
     out = str(tmp_path / "stopped")
-    proc = subprocess.Popen(_torchrun(2, "-m", "fastsglr", *_train_args(runs["data"], out)), env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _torchrun(2, "-m", "fastsglr", *_train_args(runs["data"], out)),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("config:"):
             break
@@ -120,8 +150,9 @@ def test_sigterm_then_resume_matches_uninterrupted_and_any_rank_count_resumes(ru
     assert "last.pt holds it: fastsglr train --resume" in err
     stopped = load_checkpoint(os.path.join(out, "last.pt"))
 
-    resumed = subprocess.run(_torchrun(2, "-m", "fastsglr", "train", "--resume", out), env=ENV,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _torchrun(2, "-m", "fastsglr", "train", "--resume", out), env=ENV, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _rows(out) == _rows(whole), f"stopped at epoch {stopped['epoch'] + 1} step {stopped['step']}"
     a, b = load_checkpoint(os.path.join(whole, "final.pt")), load_checkpoint(os.path.join(out, "final.pt"))
@@ -138,8 +169,9 @@ def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path):
     shutil.copytree(runs[2][0], out)
     shutil.copy(os.path.join(out, "last.prev.pt"), os.path.join(out, "last.pt"))
     os.remove(os.path.join(out, "final.pt"))
-    resumed = subprocess.run([sys.executable, "-m", "fastsglr", "train", "--resume", out], env=ENV,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fastsglr", "train", "--resume", out], env=ENV, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
@@ -151,8 +183,12 @@ def test_fast_engine_under_torchrun_matches_the_reference(runs, tmp_path):
     forward, no capture), against the 2-rank reference run: the same samples and random numbers, so only compiled
     arithmetic differs. Stated tolerance per epoch: 0.02 on the loss, 3 points on the accuracies."""
     out = str(tmp_path / "fast")
-    done = subprocess.run(_torchrun(2, "-m", "fastsglr", *_train_args(runs["data"], out, "--engine", "fast")),
-                          env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        _torchrun(2, "-m", "fastsglr", *_train_args(runs["data"], out, "--engine", "fast")),
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for fast, reference in zip(_rows(out), _rows(runs[2][0]), strict=True):
         assert abs(fast["train_loss"] - reference["train_loss"]) < 0.02
@@ -174,12 +210,30 @@ def test_two_nodes_joined_by_c10d_rendezvous_match_the_single_node_run(runs, tmp
     computes exactly what it computes there (the same shard, the same random numbers, the same gloo all-reduce of
     two ranks), so metrics, weights and the label table are equal, not merely close."""
     out = str(tmp_path / "two-nodes")
-    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-                  "--rdzv_endpoint", f"127.0.0.1:{_free_port()}", "--rdzv_id", f"fastsglr-{os.getpid()}"]
-    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "fastsglr",
-               *_train_args(runs["data"], out)]
-    agents = [subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    rendezvous = [
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv_id",
+        f"fastsglr-{os.getpid()}",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        "-m",
+        "fastsglr",
+        *_train_args(runs["data"], out),
+    ]
+    agents = [
+        subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for agent in agents:
         _, err = agent.communicate(timeout=300)
         assert agent.returncode == 0, err[-2000:]
@@ -199,8 +253,9 @@ def test_two_gpus_nccl_sync_bn_fast_engine(digits_dir, tmp_path):
     evidence, out = tmp_path / "evidence", str(tmp_path / "run")
     evidence.mkdir()
     args = [a if a != "cpu" else "cuda" for a in _train_args(digits_dir, out, "--sync-bn", "--engine", "fast")]
-    done = subprocess.run(_torchrun(2, os.path.join(HERE, "ddp_probe.py"), str(evidence), *args), env=ENV,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        _torchrun(2, os.path.join(HERE, "ddp_probe.py"), str(evidence), *args), env=ENV, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     tables = [torch.load(evidence / f"tables-rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(*tables, strict=True))

@@ -5,6 +5,7 @@ rounding: losses, metric sums, the SGLR table, weights, BatchNorm statistics and
 (``pytest -m gpu``, run by bench/gpu_suite.sh) it runs bf16 + channels-last + the captured CUDA graph, and is
 compared with loose tolerances, since bf16 moves PGD's sign steps.
 """
+
 import dataclasses
 
 import pytest
@@ -23,16 +24,25 @@ from fastsglr.models import build_model
 from fastsglr.optim import build_optimizer
 
 N, K, B, SIZE = 96, 10, 16, 8
-CFG = Config(model="smallcnn", eps=16 / 255, step_size=4 / 255, attack_steps=2, batch_size=B, labels="sglr",
-             sglr_warmup=0, eval_steps=2)
+CFG = Config(
+    model="smallcnn",
+    eps=16 / 255,
+    step_size=4 / 255,
+    attack_steps=2,
+    batch_size=B,
+    labels="sglr",
+    sglr_warmup=0,
+    eval_steps=2,
+)
 LRS = (0.1, 0.05, 0.02)  # a changing learning rate: the compiled step reads it from a device tensor
 
 
 def make_data(device, steps, seed=0):
     gen = torch.Generator().manual_seed(seed)
     train_labels = torch.randint(0, K, (N,), generator=gen)
-    clean_labels = torch.where(torch.rand(N, generator=gen) < 0.2, torch.randint(0, K, (N,), generator=gen),
-                               train_labels)  # some "corrupted" samples, so every metric column is exercised
+    clean_labels = torch.where(
+        torch.rand(N, generator=gen) < 0.2, torch.randint(0, K, (N,), generator=gen), train_labels
+    )  # some "corrupted" samples, so every metric column is exercised
     batches = []
     for _ in range(steps):
         index = torch.randperm(N, generator=gen)[:B]
@@ -86,18 +96,26 @@ def assert_same_training(ref, fast, ref_out, fast_out, rtol, atol):
     assert int(fast_meter.first_bad_step) == int(ref_meter.first_bad_step)
     ref_state, fast_state = state(ref), state(fast)
     for key in ref_state:
-        torch.testing.assert_close(fast_state[key].float(), ref_state[key].float(), rtol=rtol, atol=atol,
-                                   msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            fast_state[key].float(), ref_state[key].float(), rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}"
+        )
 
 
 class NoHostSync(TorchDispatchMode):
     """Fails on any op that makes the host wait for the device: reading a value (item, nonzero, equal...) or copying
     from a device to host memory."""
 
-    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
-               torch.ops.aten.nonzero.default, torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default,
-               torch.ops.aten.allclose.default, torch.ops.aten.masked_select.default,
-               torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default}
+    SYNCING = {
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.item.default,
+        torch.ops.aten.nonzero.default,
+        torch.ops.aten.is_nonzero.default,
+        torch.ops.aten.equal.default,
+        torch.ops.aten.allclose.default,
+        torch.ops.aten.masked_select.default,
+        torch.ops.aten._unique2.default,
+        torch.ops.aten.unique_consecutive.default,
+    }
 
     def __init__(self):
         super().__init__()
@@ -116,6 +134,7 @@ class NoHostSync(TorchDispatchMode):
 
 
 # ---- CPU: the compiled iteration ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def compiled_and_reference():
@@ -157,6 +176,7 @@ def test_iteration_compiles_whole_and_makes_no_host_sync(compiled_and_reference)
 
 def test_compiled_whole_falls_back_to_graph_breaks_with_a_warning():
     """What an older torch that cannot trace the iteration whole gets: a warning, then the same result."""
+
     def iteration(x):
         y = x.sin()
         torch._dynamo.graph_break()  # stands in for an op an older Dynamo cannot put in the graph
@@ -173,15 +193,38 @@ def test_compiled_whole_falls_back_to_graph_breaks_with_a_warning():
 
 # Twelve configurations of two structures: only numbers change within a structure (the numbers of issue 11: r, T,
 # alpha, lam, TE's momentum and weight, eps, step size, TRADES' beta).
-CONFIGS = [dict(method="pgd-at", labels="sglr", r=r, temperature=t, ema_momentum=a, lam=lam, eps=e, step_size=s)
-           for r, t, a, lam, e, s in ((0.0, 1.0, 0.9, 0.2, 16 / 255, 4 / 255), (0.2, 1.5, 0.9, 0.2, 16 / 255, 4 / 255),
-                                      (0.4, 2.0, 0.8, 0.5, 8 / 255, 2 / 255), (0.6, 1.0, 0.5, 0.0, 16 / 255, 8 / 255),
-                                      (0.8, 1.5, 0.95, 1.0, 24 / 255, 4 / 255), (1.0, 2.0, 0.9, 0.2, 4 / 255, 1 / 255),
-                                      (0.2, 0.5, 0.7, 0.3, 16 / 255, 3 / 255), (0.3, 3.0, 0.0, 0.7, 12 / 255, 6 / 255))]
-CONFIGS += [dict(method="trades", labels="te", trades_beta=beta, ema_momentum=m, te_weight=w, eps=e, step_size=s,
-                 te_start=0.0, te_end=0.0)  # full weight from the first epoch: the weight takes effect
-            for beta, m, w, e, s in ((6.0, 0.9, 300.0, 16 / 255, 4 / 255), (1.0, 0.7, 30.0, 8 / 255, 2 / 255),
-                                     (3.0, 0.99, 3000.0, 20 / 255, 5 / 255), (12.0, 0.5, 3.0, 4 / 255, 1 / 255))]
+CONFIGS = [
+    dict(method="pgd-at", labels="sglr", r=r, temperature=t, ema_momentum=a, lam=lam, eps=e, step_size=s)
+    for r, t, a, lam, e, s in (
+        (0.0, 1.0, 0.9, 0.2, 16 / 255, 4 / 255),
+        (0.2, 1.5, 0.9, 0.2, 16 / 255, 4 / 255),
+        (0.4, 2.0, 0.8, 0.5, 8 / 255, 2 / 255),
+        (0.6, 1.0, 0.5, 0.0, 16 / 255, 8 / 255),
+        (0.8, 1.5, 0.95, 1.0, 24 / 255, 4 / 255),
+        (1.0, 2.0, 0.9, 0.2, 4 / 255, 1 / 255),
+        (0.2, 0.5, 0.7, 0.3, 16 / 255, 3 / 255),
+        (0.3, 3.0, 0.0, 0.7, 12 / 255, 6 / 255),
+    )
+]
+CONFIGS += [
+    dict(
+        method="trades",
+        labels="te",
+        trades_beta=beta,
+        ema_momentum=m,
+        te_weight=w,
+        eps=e,
+        step_size=s,
+        te_start=0.0,
+        te_end=0.0,
+    )  # full weight from the first epoch: the weight takes effect
+    for beta, m, w, e, s in (
+        (6.0, 0.9, 300.0, 16 / 255, 4 / 255),
+        (1.0, 0.7, 30.0, 8 / 255, 2 / 255),
+        (3.0, 0.99, 3000.0, 20 / 255, 5 / 255),
+        (12.0, 0.5, 3.0, 4 / 255, 1 / 255),
+    )
+]
 
 
 def test_compiled_pgd_at_te_is_one_graph_across_its_frozen_and_active_epochs():
@@ -202,7 +245,9 @@ def test_compiled_pgd_at_te_is_one_graph_across_its_frozen_and_active_epochs():
     torch.testing.assert_close(fast_out[0], ref_out[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast[1].ensemble, ref[1].ensemble, rtol=1e-5, atol=1e-6)
     for (name, want), got in zip(ref[0].state_dict().items(), fast[0].state_dict().values()):
-        torch.testing.assert_close(got.float(), want.float(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.float(), want.float(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert fast[3].train_fn.fullgraph
 
@@ -233,6 +278,7 @@ def test_many_configurations_in_one_process_compile_once_per_structure():
 def test_compiled_whole_runs_eagerly_past_the_recompile_limit():
     """More structurally different calls than Dynamo's recompile limit: a warning, then eager results, never
     FailOnRecompileLimitHit."""
+
     def scale(x, k):
         return x * k  # an int argument: each new value is a new graph under dynamic=False
 
@@ -258,8 +304,13 @@ def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
         return graph_module  # run the ATen graph as it is: what it holds is the point, not its speed
 
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(
-        fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)))
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, **kwargs: real_compile(
+            fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)
+        ),
+    )
     run = make_run("cpu", options=FastOptions(compile=True), engine="fast")
     _, batches = make_data("cpu", 1)
     run[3].step(batches[0], TrainMeter("cpu"), 0)
@@ -284,6 +335,7 @@ def test_fast_evaluation_matches_reference_evaluation():
 
 
 # ---- CPU: the eager pieces ---------------------------------------------------------------------------------------
+
 
 def test_eager_fast_engine_matches_reference_with_either_op_set():
     """Uncompiled, the fast engine is the reference run through SGDUpdate: identical numbers, fused ops or not."""
@@ -316,8 +368,11 @@ def test_reference_engine_never_calls_a_fused_op_and_the_fused_engine_does(metho
     cfg = dataclasses.replace(CFG, method=method)
     _, batches = make_data("cpu", 1)
     called = {}
-    for name, options in (("reference", None), ("fused", FastOptions(compile=False, fused=True)),
-                          ("plain", FastOptions(compile=False, fused=False))):
+    for name, options in (
+        ("reference", None),
+        ("fused", FastOptions(compile=False, fused=True)),
+        ("plain", FastOptions(compile=False, fused=False)),
+    ):
         run = make_run("cpu", cfg, options, engine="reference" if options is None else "fast")
         with OpsCalled() as mode:
             run[3].step(batches[0], TrainMeter("cpu"), 0)
@@ -380,8 +435,9 @@ def test_cuda_graph_engine_tracks_reference_in_bf16():
     torch.testing.assert_close(fast_state["table"], ref_state["table"], rtol=0, atol=0.03)
     for key in ref_state:
         if key.startswith("model.") and ref_state[key].is_floating_point():
-            torch.testing.assert_close(fast_state[key].float(), ref_state[key].float(), rtol=0.05, atol=0.02,
-                                       msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(
+                fast_state[key].float(), ref_state[key].float(), rtol=0.05, atol=0.02, msg=lambda m: f"{key}: {m}"
+            )
 
 
 @pytest.mark.gpu
@@ -391,7 +447,7 @@ def test_capture_then_replays_advance_the_state():
     cfg = dataclasses.replace(CFG, sglr_warmup=1)
     _, batches = make_data("cuda", GPU_STEPS)
     model, strategy, optimizer, engine = run = make_run("cuda", cfg, FastOptions.for_device("cuda", "bf16"), "fast")
-    train(run, batches[:WARMUP_STEPS + 1])
+    train(run, batches[: WARMUP_STEPS + 1])
     assert list(engine.graphs) == [("train", False)]
     strategy.start_epoch(1)
     meter = TrainMeter("cuda")
@@ -410,7 +466,7 @@ def test_compiled_and_captured_iterations_make_no_host_sync(cuda_graph):
     _, batches = make_data("cuda", GPU_STEPS)
     options = dataclasses.replace(FastOptions.for_device("cuda", "bf16"), cuda_graph=cuda_graph)
     run = make_run("cuda", options=options, engine="fast")
-    train(run, batches[:WARMUP_STEPS + 1])
+    train(run, batches[: WARMUP_STEPS + 1])
     meter = TrainMeter("cuda")
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -2,6 +2,7 @@
 pass: every attack step computes input gradients only, weight gradients are computed once per convolution and
 forward-with-grad, in the training backward. `make test` runs this file under torch 2.14 and under the GPU box's
 torch 2.11 (.venv-torch211)."""
+
 import pytest
 import torch
 
@@ -27,15 +28,30 @@ def test_preactresnet18_pgd2_is_one_graph_with_input_only_attack_gradients():
     assert census.conv_backward_masks == {INPUT_ONLY: 2 * 20, (True, True, False): 19, (False, True, False): 1}
 
 
-@pytest.mark.parametrize("method,labels,bn_mode", [
-    ("pgd-at", "hard", "eval"), ("pgd-at", "ls", "train"), ("pgd-at", "te", "eval"), ("pgd-at", "sglr", "train"),
-    ("trades", "hard", "train"), ("trades", "ls", "eval"), ("trades", "te", "train"), ("trades", "sglr", "eval")])
+@pytest.mark.parametrize(
+    "method,labels,bn_mode",
+    [
+        ("pgd-at", "hard", "eval"),
+        ("pgd-at", "ls", "train"),
+        ("pgd-at", "te", "eval"),
+        ("pgd-at", "sglr", "train"),
+        ("trades", "hard", "train"),
+        ("trades", "ls", "eval"),
+        ("trades", "te", "train"),
+        ("trades", "sglr", "eval"),
+    ],
+)
 def test_every_method_strategy_and_bn_mode_is_one_graph_without_wasted_gradients(method, labels, bn_mode):
     """Every method x label-strategy pair, each strategy and each method under both attack BN modes (a train-mode
     attack updates BN running statistics inside the graph)."""
     steps = 2
-    census = take_census(Config(model="smallcnn", method=method, labels=labels, attack_bn_mode=bn_mode,
-                                attack_steps=steps, batch_size=4), in_channels=1, image_size=8)
+    census = take_census(
+        Config(
+            model="smallcnn", method=method, labels=labels, attack_bn_mode=bn_mode, attack_steps=steps, batch_size=4
+        ),
+        in_channels=1,
+        image_size=8,
+    )
     assert (census.graphs, census.graph_breaks) == (1, 0)
     forwards_with_grad = 2 if method == "trades" else 1  # TRADES differentiates its clean and adversarial forwards
     weight_nodes = sum(n for mask, n in census.conv_backward_masks.items() if mask[1])

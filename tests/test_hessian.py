@@ -1,5 +1,6 @@
 """Hutchinson's estimator (fastsglr/hessian.py) against exact Hessians in float64, and the per-epoch probe of the
 training loss (fastsglr/sharpness.py) against the exact trace of a small model's adversarial loss on its batch."""
+
 import itertools
 
 import pytest
@@ -15,14 +16,15 @@ from fastsglr.sharpness import HessianTraceProbe
 
 def _rademacher_sd(h, probes):
     """Standard deviation of the mean of ``probes`` Rademacher samples of v^T H v: Var = 2 (||H||_F^2 - sum H_ii^2)."""
-    off_diagonal = (h ** 2).sum() - (torch.diagonal(h) ** 2).sum()
+    off_diagonal = (h**2).sum() - (torch.diagonal(h) ** 2).sum()
     return (2 * off_diagonal / probes).sqrt().item()
 
 
 def _tiny_mlp(generator):
     torch.manual_seed(int(torch.randint(0, 2**31, (), generator=generator)))
-    return torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Tanh(),
-                               torch.nn.Linear(2, 2, bias=False)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 2, bias=False), torch.nn.Tanh(), torch.nn.Linear(2, 2, bias=False)
+    ).double()
 
 
 def _exact_hessian(model, x, y):
@@ -35,6 +37,7 @@ def _exact_hessian(model, x, y):
         chunks = torch.split(w, [s.numel() for s in shapes])
         logits = functional_call(model, {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
         return F.cross_entropy(logits, y)
+
     return torch.autograd.functional.hessian(loss, flat)
 
 
@@ -58,15 +61,19 @@ def test_many_probes_estimate_the_trace_within_the_variance():
     of its exact trace."""
     g = torch.Generator().manual_seed(torch.seed())
     torch.manual_seed(int(torch.randint(0, 2**31, (), generator=g)))
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(),
-                                torch.nn.Linear(8, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 3)
+    ).double()
     x, y = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
     h = _exact_hessian(model, x, y)
     probes = 2000
     samples = hutchinson_trace(F.cross_entropy(model(x), y), list(model.parameters()), probes, g)
     assert samples.shape == (probes,)
     assert abs(samples.mean().item() - torch.trace(h).item()) <= 5 * _rademacher_sd(h, probes)
-    assert set(torch.unique(torch.cat([v.reshape(-1) for v in rademacher(list(model.parameters()), g)])).tolist()) == {-1.0, 1.0}
+    assert set(torch.unique(torch.cat([v.reshape(-1) for v in rademacher(list(model.parameters()), g)])).tolist()) == {
+        -1.0,
+        1.0,
+    }
 
 
 def test_unbiased_on_a_quadratic_with_known_trace():

@@ -1,7 +1,8 @@
-"""Hostile inputs and faults (issue 13) beyond the error table (docs/errors.md), which test_bad_inputs runs: a checkpoint
-whose pickle would run code, two writers on one run directory, runs resumed from elsewhere or after they finished,
-signals in every sub-command, a reader that closes stdout, and what a newcomer sees (milestones, plots, strict
-JSON, the slow-CPU warning)."""
+"""Hostile inputs and faults (issue 13) beyond the error table (docs/errors.md), which test_bad_inputs runs: a
+checkpoint whose pickle would run code, two writers on one run directory, runs resumed from elsewhere or after they
+finished, signals in every sub-command, a reader that closes stdout, and what a newcomer sees (milestones, plots,
+strict JSON, the slow-CPU warning)."""
+
 import hashlib
 import io
 import json
@@ -26,8 +27,22 @@ from fastsglr.optim import lr_at
 from fastsglr.report import plot_per_epoch
 from fastsglr.runlock import run_lock
 
-QUICK = ["--preset", "demo", "--attack-steps", "1", "--engine", "reference", "--loader", "device", "--device", "cpu",
-         "--eval-subset", "50", "--labels", "hard"]
+QUICK = [
+    "--preset",
+    "demo",
+    "--attack-steps",
+    "1",
+    "--engine",
+    "reference",
+    "--loader",
+    "device",
+    "--device",
+    "cpu",
+    "--eval-subset",
+    "50",
+    "--labels",
+    "hard",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -50,6 +65,7 @@ def run(digits_dir, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+
 
 class _RunsCode:
     def __init__(self, path):
@@ -75,10 +91,12 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_pat
 
 # ------------------------------------------------------------------------------------------------ one writer
 
+
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     with run_lock(str(tmp_path)):
-        with pytest.raises(UsageError, match=f"^{tmp_path} is being written by another fastsglr process "
-                                             f"\\(pid {os.getpid()}\\)"):
+        with pytest.raises(
+            UsageError, match=f"^{tmp_path} is being written by another fastsglr process \\(pid {os.getpid()}\\)"
+        ):
             with run_lock(str(tmp_path)):
                 pass
     with run_lock(str(tmp_path)):  # released when the first run ended
@@ -86,9 +104,17 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fastsglr.runlock import run_lock\n"
-                               f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fastsglr.runlock import run_lock\n"
+            f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     assert holder.stdout.readline() == "held\n"
     with pytest.raises(UsageError, match=f"pid {holder.pid}"):
         with run_lock(str(tmp_path)):
@@ -102,8 +128,10 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ resume
 
-def test_run_with_relative_data_resumes_from_elsewhere_and_a_finished_one_changes_nothing(run, tmp_path,
-                                                                                       monkeypatch, capsys):
+
+def test_run_with_relative_data_resumes_from_elsewhere_and_a_finished_one_changes_nothing(
+    run, tmp_path, monkeypatch, capsys
+):
     before = _files(run / "run")
     monkeypatch.chdir(tmp_path)  # not where the run was started
     assert main(["train", "--resume", str(run / "run")]) == 0
@@ -134,8 +162,9 @@ def test_two_quick_ctrl_c_stop_at_once_and_the_run_resumes(digits_dir, tmp_path,
 
     monkeypatch.setattr(trainer, "build_engine", interrupted_engine)
     assert main(["train", "--data", digits_dir, "--out", str(out), *QUICK, "--epochs", "2"]) == 130
-    assert capsys.readouterr().err == (f"fastsglr: stopped by SIGINT; last.pt holds the last finished epoch: "
-                                       f"fastsglr train --resume {out}\n")
+    assert capsys.readouterr().err == (
+        f"fastsglr: stopped by SIGINT; last.pt holds the last finished epoch: fastsglr train --resume {out}\n"
+    )
     assert load_checkpoint(str(out / "last.pt"))["epoch"] == 1 and not list(out.glob("*.tmp"))
     monkeypatch.undo()
     assert main(["train", "--resume", str(out)]) == 0
@@ -143,6 +172,7 @@ def test_two_quick_ctrl_c_stop_at_once_and_the_run_resumes(digits_dir, tmp_path,
 
 
 # ------------------------------------------------------------------------------------------------ signals, pipes
+
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_eval_is_one_line_and_writes_no_report(run, tmp_path, monkeypatch, capsys, signum):
@@ -152,8 +182,10 @@ def test_signal_during_eval_is_one_line_and_writes_no_report(run, tmp_path, monk
     monkeypatch.setattr(robustness, "evaluate_model", attacked)
     report = tmp_path / "report.json"
     code = main(["eval", str(run / "run" / "final.pt"), "--attacks", "clean", "--out", str(report)])
-    assert (code, capsys.readouterr().err) == (128 + signum, f"fastsglr: stopped by {signal.Signals(signum).name}; "
-                                                             f"no file was left half-written: run the command again\n")
+    assert (code, capsys.readouterr().err) == (
+        128 + signum,
+        f"fastsglr: stopped by {signal.Signals(signum).name}; no file was left half-written: run the command again\n",
+    )
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main gave the handlers back
 
@@ -177,8 +209,12 @@ def test_signal_during_prepare_leaves_no_half_written_beton(tmp_path, monkeypatc
 def test_closed_stdout_does_not_kill_a_run(digits_dir, tmp_path):
     """`fastsglr train ... | head -2`: the reader goes away after two lines, the run goes on to its end."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fastsglr", "train", "--data", digits_dir, "--out", str(out),
-                             *QUICK, "--epochs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastsglr", "train", "--data", digits_dir, "--out", str(out), *QUICK, "--epochs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     proc.stdout.readline()
     proc.stdout.readline()
     proc.stdout.close()
@@ -188,6 +224,7 @@ def test_closed_stdout_does_not_kill_a_run(digits_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+
 
 def test_eval_may_replace_its_own_earlier_report(run, tmp_path):
     args = ["eval", str(run / "run" / "final.pt"), "--attacks", "clean", "--n", "20", "--out", str(tmp_path / "r.json")]
@@ -204,11 +241,14 @@ def test_json_files_are_strict(run, tmp_path):
     rows = [json.loads(line, parse_constant=refuse) for line in lines]
     assert rows[0]["train_adv_memorized_corrupted"] is None  # no label noise: no corrupted portion
     write_json(str(tmp_path / "x.json"), {"a": [math.nan, 1.0, math.inf], "b": {"c": -math.inf}})
-    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=refuse) == {"a": [None, 1.0, None],
-                                                                                    "b": {"c": None}}
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=refuse) == {
+        "a": [None, 1.0, None],
+        "b": {"c": None},
+    }
 
 
 # ------------------------------------------------------------------------------------------------ newcomers
+
 
 def _lrs(epochs):
     cfg = Config(epochs=epochs, lr=1.0)

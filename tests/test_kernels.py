@@ -5,6 +5,7 @@ TRITON_INTERPRET must be set before fastsglr.kernels is first imported in this p
 by the interpreter there, the interpreter tests fail with a message saying so (rather than silently testing the
 reference against itself); on a GPU box the kernels are compiled and the interpreter tests skip.
 """
+
 import json
 import os
 import subprocess
@@ -43,16 +44,22 @@ def interpreted():
     if torch.cuda.is_available():
         pytest.skip("with a CUDA device the Triton kernels are compiled, not interpreted (tests/conftest.py)")
     if K.backend(torch.empty(0)) != "triton-interpreter":
-        pytest.fail("fastsglr.kernels was imported before TRITON_INTERPRET=1 was set (by another test module?): "
-                    "the Triton kernels would not run. Set TRITON_INTERPRET=1 in conftest.py or the environment.")
+        pytest.fail(
+            "fastsglr.kernels was imported before TRITON_INTERPRET=1 was set (by another test module?): "
+            "the Triton kernels would not run. Set TRITON_INTERPRET=1 in conftest.py or the environment."
+        )
 
 
 class PoisonAllocations(TorchDispatchMode):
     """Fill every floating-point tensor allocated inside the block with NaN, so elements a kernel fails to
     write show up as NaN instead of stale memory that may hold the right answer from an earlier run."""
 
-    EMPTY = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_like.default,
-             torch.ops.aten.empty_strided.default, torch.ops.aten.new_empty.default}
+    EMPTY = {
+        torch.ops.aten.empty.memory_format,
+        torch.ops.aten.empty_like.default,
+        torch.ops.aten.empty_strided.default,
+        torch.ops.aten.new_empty.default,
+    }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -66,6 +73,7 @@ def assert_close(got, expected, rtol, atol, what):
 
 
 # ---- PGD step -------------------------------------------------------------------------------------------------
+
 
 def pgd_inputs(shape, dtype, gen):
     """x in [0, 1] with exact 0s and 1s, x_adv in the eps-ball, grad with exact zeros (sign(0) = 0 matters)."""
@@ -101,11 +109,18 @@ def expected_pgd(x_adv, x, grad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,layout", [
-    ((1, 3, 5, 7), "contiguous"), ((1, 3, 5, 7), "channels_last"),
-    ((3, 3, 17, 19), "contiguous"), ((3, 3, 17, 19), "channels_last"), ((3, 3, 17, 19), "mixed"),
-    ((4099,), "contiguous"), ((2, 1031), "contiguous"),
-])
+@pytest.mark.parametrize(
+    "shape,layout",
+    [
+        ((1, 3, 5, 7), "contiguous"),
+        ((1, 3, 5, 7), "channels_last"),
+        ((3, 3, 17, 19), "contiguous"),
+        ((3, 3, 17, 19), "channels_last"),
+        ((3, 3, 17, 19), "mixed"),
+        ((4099,), "contiguous"),
+        ((2, 1031), "contiguous"),
+    ],
+)
 @pytest.mark.parametrize("scalars", list(SCALARS))
 def test_pgd_step_kernel(interpreted, gen, dtype, shape, layout, scalars):
     x_adv, x, grad = LAYOUTS[layout](*pgd_inputs(shape, dtype, gen))
@@ -233,14 +248,14 @@ def test_sglr_kernel_strided_inputs(interpreted, gen):
     labels = torch.randint(0, k, (batch,), generator=gen)
     index = torch.randperm(n, generator=gen)[:batch].int()
     storage = torch.rand(n, k + 4, generator=gen)
-    table = storage[:, 2:k + 2]
+    table = storage[:, 2 : k + 2]
     before = storage.clone()
     hyper = dict(r=0.6, temperature=1.0, alpha=0.5, lam=0.5)
     row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, sglr_settings(**hyper, device="cpu"))
-    old_rows = before[:, 2:k + 2][index.long()].double()
+    old_rows = before[:, 2 : k + 2][index.long()].double()
     y, rows = R.sglr_target(z_adv.double(), z_clean.double(), labels, old_rows, **hyper)
     assert_close(table[index.long()], rows, rtol=1e-5, atol=1e-6, what="table rows")
-    assert torch.equal(storage[:, :2], before[:, :2]) and torch.equal(storage[:, k + 2:], before[:, k + 2:])
+    assert torch.equal(storage[:, :2], before[:, :2]) and torch.equal(storage[:, k + 2 :], before[:, k + 2 :])
     check_soft_ce_outputs(row_loss, grad, z_adv, y)
 
 
@@ -249,8 +264,9 @@ def test_sglr_kernel_large_logits(interpreted, gen):
     z_adv, z_clean = (logits((3, 1000), torch.float32, gen, scale=60.0) for _ in range(2))
     labels, index, table = torch.tensor([0, 999, 5]), torch.tensor([2, 0, 1]), torch.zeros(3, 1000)
     row_loss, grad = launch_sglr_forward(z_adv, z_clean, labels, index, table, sglr_settings(0.2, 1.5, 0.9, 0.2, "cpu"))
-    y, _ = R.sglr_target(z_adv.double(), z_clean.double(), labels, torch.zeros(3, 1000, dtype=torch.float64),
-                         0.2, 1.5, 0.9, 0.2)
+    y, _ = R.sglr_target(
+        z_adv.double(), z_clean.double(), labels, torch.zeros(3, 1000, dtype=torch.float64), 0.2, 1.5, 0.9, 0.2
+    )
     check_soft_ce_outputs(row_loss, grad, z_adv, y)
 
 
@@ -266,6 +282,7 @@ def test_kernel_argument_checks():
 
 # ---- Gradients ------------------------------------------------------------------------------------------------
 
+
 def test_gradcheck_reference(gen):
     """The definitions' gradients, float64: gradcheck of the soft-target CE (targets summing to 1 or not, and an
     SGLR target), and sglr_loss's gradient is that CE's at its target held constant (the target is detached)."""
@@ -275,8 +292,11 @@ def test_gradcheck_reference(gen):
     labels, index = torch.tensor([0, 4, 2]), torch.tensor([5, 1, 3])
     table = torch.rand(6, k, dtype=torch.float64, generator=gen)
     y, _ = R.sglr_target(z, z_clean, labels, table[index], 0.2, 1.5, 0.9, 0.2)
-    for target in (torch.softmax(torch.randn(batch, k, dtype=torch.float64, generator=gen), dim=1),
-                   torch.rand(batch, k, dtype=torch.float64, generator=gen), y):
+    for target in (
+        torch.softmax(torch.randn(batch, k, dtype=torch.float64, generator=gen), dim=1),
+        torch.rand(batch, k, dtype=torch.float64, generator=gen),
+        y,
+    ):
         assert torch.autograd.gradcheck(lambda t: R.soft_cross_entropy(t, target), (z,))
     (grad_sglr,) = torch.autograd.grad(R.sglr_loss(z, z_clean, labels, index, table, 0.2, 1.5, 0.9, 0.2), z)
     (grad_ce,) = torch.autograd.grad(R.soft_cross_entropy(z, y), z)
@@ -332,6 +352,7 @@ def test_fused_forward_reference_matches_autograd(gen):
 
 # ---- torch.library integration ----------------------------------------------------------------------------------
 
+
 def op_samples(gen):
     batch, k, n = 3, 10, 8
     z = torch.randn(batch, k, generator=gen)
@@ -342,18 +363,30 @@ def op_samples(gen):
     return {
         "pgd_step": (ops.pgd_step.default, (x_adv, x, grad, STEP, EPS, None, None)),
         "pgd_step_tensors": (ops.pgd_step.default, (x_adv, x, grad, 0.0, 0.0, torch.tensor(STEP), torch.tensor(EPS))),
-        "pgd_step_inplace": (ops.pgd_step_inplace.default,
-                             (x_adv.clone(), x, grad, STEP, 0.0, None, torch.tensor(EPS))),
+        "pgd_step_inplace": (
+            ops.pgd_step_inplace.default,
+            (x_adv.clone(), x, grad, STEP, 0.0, None, torch.tensor(EPS)),
+        ),
         "soft_ce_forward": (ops.soft_ce_forward.default, (z, torch.rand(batch, k, generator=gen))),
-        "sglr_forward": (ops.sglr_forward.default,
-                         (z, torch.randn(batch, k, generator=gen), labels, index, torch.zeros(n, k),
-                          sglr_settings(0.2, 1.5, 0.9, 0.2, "cpu"))),
+        "sglr_forward": (
+            ops.sglr_forward.default,
+            (
+                z,
+                torch.randn(batch, k, generator=gen),
+                labels,
+                index,
+                torch.zeros(n, k),
+                sglr_settings(0.2, 1.5, 0.9, 0.2, "cpu"),
+            ),
+        ),
         "mean_with_saved_grad": (ops.mean_with_saved_grad.default, (z.clone().requires_grad_(), row_loss, saved_grad)),
     }
 
 
-@pytest.mark.parametrize("name", ["pgd_step", "pgd_step_tensors", "pgd_step_inplace", "soft_ce_forward",
-                                  "sglr_forward", "mean_with_saved_grad"])
+@pytest.mark.parametrize(
+    "name",
+    ["pgd_step", "pgd_step_tensors", "pgd_step_inplace", "soft_ce_forward", "sglr_forward", "mean_with_saved_grad"],
+)
 def test_opcheck(gen, name):
     op, args = op_samples(gen)[name]
     torch.library.opcheck(op, args)
@@ -407,8 +440,10 @@ def test_backend_selection(interpreted):
     calls use the reference, and setting the variable after the import changes nothing (Triton read it at import)."""
     assert K.backend(torch.empty(0)) == "triton-interpreter"
     assert K.backend(torch.empty(0, device="meta")) == "reference"
-    script = ("import os, torch, fastsglr.kernels as K; before = K.backend(torch.empty(0)); "
-              "os.environ['TRITON_INTERPRET'] = '1'; print(before, K.backend(torch.empty(0)))")
+    script = (
+        "import os, torch, fastsglr.kernels as K; before = K.backend(torch.empty(0)); "
+        "os.environ['TRITON_INTERPRET'] = '1'; print(before, K.backend(torch.empty(0)))"
+    )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["reference", "reference"]
@@ -417,8 +452,12 @@ def test_backend_selection(interpreted):
 def test_bench_quick_cpu(tmp_path):
     """bench/kernels.py on a CPU: a correctness-only pass (no timings), with JSON results."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "kernels.py"), "--quick", "--device", "cpu",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "kernels.py"), "--quick", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "correctness-only" and result["timings"] == []

@@ -3,6 +3,7 @@
 Both run in a fresh interpreter without TRITON_INTERPRET, whatever this pytest process has imported: the kernels
 must be built by ``@triton.jit`` proper, and Triton reads the variable at import.
 """
+
 import json
 import os
 import subprocess
@@ -24,8 +25,10 @@ def test_aot_sm90a_no_register_spills():
     records = json.loads(run_python("-m", "fastsglr.kernels.aot", "--arch", "90", "--json"))
     print()
     for rec in records:
-        print(f"{rec['kernel']:<62} {rec['target']} warps={rec['num_warps']:<2} regs/thread={rec['registers']:<3} "
-              f"local={rec['local_bytes']} stack={rec['stack_bytes']}")
+        print(
+            f"{rec['kernel']:<62} {rec['target']} warps={rec['num_warps']:<2} regs/thread={rec['registers']:<3} "
+            f"local={rec['local_bytes']} stack={rec['stack_bytes']}"
+        )
     names = {rec["kernel"].split()[0] for rec in records}
     assert names == {"pgd_step", "sglr_forward", "soft_ce_forward"}
     assert len(records) == 6 + 2 * 12  # pgd: 3 dtypes x 2 scalar kinds; losses: 4 K x 3 dtypes each

@@ -3,6 +3,7 @@
 Each dynamics test simulates 3 epochs over a small training set: every epoch visits the first 12 of 14 samples in a
 fresh order (so rows are revisited across epochs and 2 rows are never touched), with fresh random logits per step.
 """
+
 import dataclasses
 import math
 
@@ -11,8 +12,13 @@ import torch
 
 from fastsglr.config import Config
 from fastsglr.errors import UsageError
-from fastsglr.labels import (HardLabels, LabelSmoothing, SelfGuidedLabelRefinement, TemporalEnsembling,
-                             build_label_strategy)
+from fastsglr.labels import (
+    HardLabels,
+    LabelSmoothing,
+    SelfGuidedLabelRefinement,
+    TemporalEnsembling,
+    build_label_strategy,
+)
 
 N, K, B, EPOCHS, VISITED = 14, 5, 4, 3, 12
 
@@ -38,7 +44,7 @@ def schedule(seed):
     for epoch in range(EPOCHS):
         order = torch.randperm(VISITED, generator=gen)
         for start in range(0, VISITED, B):
-            index = order[start:start + B]
+            index = order[start : start + B]
             steps.append((epoch, index, 2 * torch.randn(B, K, generator=gen), 2 * torch.randn(B, K, generator=gen)))
     return steps
 
@@ -291,8 +297,10 @@ def test_te_attack_term_gradient_matches_float64_autograd():
 def test_tables_round_trip_through_state_dict():
     labels_all = train_labels()
     index, z_adv, z_clean = random_batch(71)
-    for cfg, key in ((Config(labels="sglr", ema_init="zeros"), "table"),
-                     (Config(labels="te", te_start=0.0), "ensemble")):
+    for cfg, key in (
+        (Config(labels="sglr", ema_init="zeros"), "table"),
+        (Config(labels="te", te_start=0.0), "ensemble"),
+    ):
         trained = build_label_strategy(cfg, labels_all, K)
         trained.start_epoch(0)
         trained.loss(z_adv, z_clean.detach(), labels_all[index], index)

@@ -32,7 +32,7 @@ SHAPE_CASES = [
     ("preactresnet18", 3, 32, 100),
     ("resnet18", 1, 8, 10),
     ("resnet18", 3, 32, 100),
-    ("resnet34", 1, 8, 10),     # 8x8 grey: what the transfer table's sources see on digits
+    ("resnet34", 1, 8, 10),  # 8x8 grey: what the transfer table's sources see on digits
     ("resnet34", 3, 32, 100),
     ("resnet50", 1, 8, 10),
     ("resnet50", 3, 32, 100),
@@ -44,8 +44,9 @@ SHAPE_CASES = [
 @pytest.mark.parametrize("name,in_channels,image_size,num_classes", SHAPE_CASES)
 def test_output_shape(name, in_channels, image_size, num_classes):
     mean, std = _stats(in_channels)
-    model = build_model(name, num_classes=num_classes, in_channels=in_channels,
-                        image_size=image_size, mean=mean, std=std)
+    model = build_model(
+        name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std
+    )
     x = torch.rand(2, in_channels, image_size, image_size)
     out = model(x)
     assert out.shape == (2, num_classes)
@@ -56,18 +57,21 @@ def test_every_model_covered_by_shape_cases():
     assert {case[0] for case in SHAPE_CASES} == set(MODEL_NAMES)
 
 
-@pytest.mark.parametrize("name,expected", [
-    # Rice et al.'s PreActResNet18 has a final BN(512) before pooling; kuangliu/pytorch-cifar's
-    # (and so the often-quoted 11,171,146) lacks it: 11,171,146 + 2 * 512 = 11,172,170.
-    ("preactresnet18", 11_172_170),
-    ("resnet18", 11_173_962),
-    # kuangliu/pytorch-cifar's ResNet34 and ResNet50 (the Table B.3 sources); the closed form below agrees.
-    ("resnet34", 21_282_122),
-    ("resnet50", 23_520_842),
-    # TRADES' WideResNet also builds an unused `sub_block1`; it never runs, so we omit it.
-    ("wrn34_10", 46_160_474),
-    ("wrn28_10", 36_479_194),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # Rice et al.'s PreActResNet18 has a final BN(512) before pooling; kuangliu/pytorch-cifar's
+        # (and so the often-quoted 11,171,146) lacks it: 11,171,146 + 2 * 512 = 11,172,170.
+        ("preactresnet18", 11_172_170),
+        ("resnet18", 11_173_962),
+        # kuangliu/pytorch-cifar's ResNet34 and ResNet50 (the Table B.3 sources); the closed form below agrees.
+        ("resnet34", 21_282_122),
+        ("resnet50", 23_520_842),
+        # TRADES' WideResNet also builds an unused `sub_block1`; it never runs, so we omit it.
+        ("wrn34_10", 46_160_474),
+        ("wrn28_10", 36_479_194),
+    ],
+)
 def test_parameter_counts(name, expected):
     assert _n_params(build_model(name, num_classes=10)) == expected
 
@@ -76,6 +80,7 @@ def _kuangliu_resnet_params(bottleneck: bool, num_blocks, num_classes=10, in_cha
     """Parameters of kuangliu's CIFAR ResNet counted from its definition, not from a model: a k x k conv without bias
     has k*k*in*out weights, a BatchNorm 2 per channel (its running stats are buffers), the linear layer in*out + out.
     Normalisation here is a layer of buffers only, so it adds nothing."""
+
     def conv_bn(k, cin, cout):
         return k * k * cin * cout + 2 * cout
 
@@ -93,9 +98,14 @@ def _kuangliu_resnet_params(bottleneck: bool, num_blocks, num_classes=10, in_cha
     return total + width * num_classes + num_classes
 
 
-@pytest.mark.parametrize("name,bottleneck,num_blocks", [
-    ("resnet18", False, (2, 2, 2, 2)), ("resnet34", False, (3, 4, 6, 3)), ("resnet50", True, (3, 4, 6, 3)),
-])
+@pytest.mark.parametrize(
+    "name,bottleneck,num_blocks",
+    [
+        ("resnet18", False, (2, 2, 2, 2)),
+        ("resnet34", False, (3, 4, 6, 3)),
+        ("resnet50", True, (3, 4, 6, 3)),
+    ],
+)
 def test_resnet_parameter_counts_match_closed_form(name, bottleneck, num_blocks):
     for num_classes, in_channels in ((10, 3), (100, 1)):
         model = build_model(name, num_classes=num_classes, in_channels=in_channels)
@@ -106,13 +116,13 @@ def test_smallcnn_is_small():
     assert _n_params(build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)) < 500_000
 
 
-@pytest.mark.parametrize("name,in_channels", [("smallcnn", 1), ("preactresnet18", 3), ("resnet18", 3),
-                                              ("resnet50", 3)])
+@pytest.mark.parametrize("name,in_channels", [("smallcnn", 1), ("preactresnet18", 3), ("resnet18", 3), ("resnet50", 3)])
 def test_normalisation_is_first_layer(name, in_channels):
     mean, std = _stats(in_channels)
     model = build_model(name, in_channels=in_channels, image_size=16, mean=mean, std=std).eval()
-    plain = build_model(name, in_channels=in_channels, image_size=16,
-                        mean=(0.0,) * in_channels, std=(1.0,) * in_channels).eval()
+    plain = build_model(
+        name, in_channels=in_channels, image_size=16, mean=(0.0,) * in_channels, std=(1.0,) * in_channels
+    ).eval()
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
     missing, unexpected = plain.load_state_dict(weights, strict=False)
     assert sorted(missing) == ["normalize.mean", "normalize.std"] and not unexpected
@@ -167,11 +177,14 @@ def test_unknown_name():
     )
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"in_channels": 3, "mean": (0.5,), "std": (0.5, 0.5, 0.5)},
-    {"in_channels": 1, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
-    {"image_size": 4},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"in_channels": 3, "mean": (0.5,), "std": (0.5, 0.5, 0.5)},
+        {"in_channels": 1, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+        {"image_size": 4},
+    ],
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         build_model("smallcnn", **kwargs)
@@ -183,6 +196,7 @@ def test_normalize_rejects_nonpositive_std():
 
 
 # ---- the authors' ResNet-18 (devicerxx/SGLS models/resnet.py), rebuilt here independently -----------------------
+
 
 class _AuthorsBlock(torch.nn.Module):
     """Post-activation basic block: relu(bn(conv)), bn(conv), + shortcut (1x1 conv + BN when the shape changes),
@@ -247,8 +261,9 @@ def test_resnet18_is_the_authors_network_weight_for_weight_and_logit_for_logit()
                 b.normal_(0, 0.1)
             elif name.endswith("running_var"):
                 b.uniform_(0.5, 1.5)
-    ours.load_state_dict({**theirs.state_dict(), **{k: v for k, v in ours.state_dict().items()
-                                                    if k.startswith("normalize.")}})
+    ours.load_state_dict(
+        {**theirs.state_dict(), **{k: v for k, v in ours.state_dict().items() if k.startswith("normalize.")}}
+    )
     ours, theirs = ours.double(), theirs.double()  # float64: only the order of additions may differ
     x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
     for mode in (False, True):
@@ -270,14 +285,14 @@ def test_resnet_init_statistics_follow_the_authors_formulas(name):
         w = conv.weight.detach().double().flatten()
         sigma = (2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
         n = w.numel()
-        assert abs(w.mean().item()) < 5 * sigma / n ** 0.5, conv
+        assert abs(w.mean().item()) < 5 * sigma / n**0.5, conv
         assert abs(w.std().item() - sigma) < 5 * sigma / (2 * n) ** 0.5, conv
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
     linear = model.linear
-    bound = 1.0 / linear.in_features ** 0.5
+    bound = 1.0 / linear.in_features**0.5
     for t in (linear.weight, linear.bias):
         assert t.abs().max().item() <= bound
     w = linear.weight.detach().double().flatten()
-    uniform_sd = bound / 3 ** 0.5  # of U(-b, b); the sample std's own sd is about b / sqrt(5 n) for a uniform
+    uniform_sd = bound / 3**0.5  # of U(-b, b); the sample std's own sd is about b / sqrt(5 n) for a uniform
     assert abs(w.std().item() - uniform_sd) < 5 * bound / (5 * w.numel()) ** 0.5

@@ -2,6 +2,7 @@
 binomial statistics; the exact-flip variant's exact realised rates, really-changed labels and uniform targets; the
 standard asymmetric maps (spelled out here by class name, independently of the implementation); reproducibility
 and errors."""
+
 import numpy as np
 import pytest
 from scipy.stats import binom
@@ -94,8 +95,10 @@ def test_symmetric_flip_targets_uniform_over_other_classes_and_choice_uniform_ov
     np.testing.assert_allclose(per_class, rate, atol=0.02)
 
 
-@pytest.mark.parametrize("kind,dataset,k", [("symmetric", "synthetic", 10), ("symmetric-flip", "synthetic", 10),
-                                            ("asymmetric", "cifar10", 10)])
+@pytest.mark.parametrize(
+    "kind,dataset,k",
+    [("symmetric", "synthetic", 10), ("symmetric-flip", "synthetic", 10), ("asymmetric", "cifar10", 10)],
+)
 def test_reproducible_per_seed(kind, dataset, k):
     labels = _labels(5000, k)
     a = corrupt_labels(labels, k, 0.3, kind, seed=7, dataset=dataset)

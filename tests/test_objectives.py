@@ -2,6 +2,7 @@
 
 References re-run the documented sequence of forwards by hand on a copy of the model with the same RNG seed.
 """
+
 import dataclasses
 
 import pytest
@@ -20,8 +21,11 @@ N, K, B = 20, 4, 8
 def tiny_bn_net():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 8 * 8, K),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 8 * 8, K),
     )
     # Non-default running statistics, so an eval-mode forward differs from a train-mode one.
     net[1].running_mean.uniform_(-0.2, 0.2)
@@ -198,8 +202,10 @@ def test_trades_loss_matches_float64_formula(labels):
 
 
 def test_only_trades_sglr_starts_its_attack_uniformly():
-    starts = {labels: Objective.from_config(cfg_for(method="trades", labels=labels), "cpu").trades_start
-              for labels in ("hard", "ls", "te", "sglr")}
+    starts = {
+        labels: Objective.from_config(cfg_for(method="trades", labels=labels), "cpu").trades_start
+        for labels in ("hard", "ls", "te", "sglr")
+    }
     assert starts == {"hard": "gaussian", "ls": "gaussian", "te": "gaussian", "sglr": "uniform"}
 
 

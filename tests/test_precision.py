@@ -2,6 +2,7 @@
 and in fp32 from the same seed, on CPU. Both runs' summaries say which engine and precision made them; bf16 really
 ran (the weights differ); the final PGD accuracies stay within a few points. Compiling the iteration on a CPU costs a
 minute or two per precision, so the attacks are shortened (PGD-2 for training, PGD-3 for the per-epoch test)."""
+
 import dataclasses
 
 import pytest
@@ -21,8 +22,18 @@ MAX_GAP = 6.0
 @pytest.mark.slow
 def test_bf16_and_fp32_fast_engine_runs_from_one_seed(digits_dir, tmp_path, record_property):
     base = apply_preset(Config(data=digits_dir, device="cpu"), "demo")
-    base = dataclasses.replace(base, labels="hard", epochs=2, engine="fast", loader="device", attack_steps=2,
-                               step_size=16 / 255, eval_steps=3, eval_subset=200, seed=3)
+    base = dataclasses.replace(
+        base,
+        labels="hard",
+        epochs=2,
+        engine="fast",
+        loader="device",
+        attack_steps=2,
+        step_size=16 / 255,
+        eval_steps=3,
+        eval_subset=200,
+        seed=3,
+    )
     summaries, weights = {}, {}
     for precision in ("fp32", "bf16"):
         cfg = validate(dataclasses.replace(base, precision=precision, out=str(tmp_path / precision)))

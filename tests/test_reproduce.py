@@ -2,6 +2,7 @@
 paper's numbers beside the measured ones, a second call resumes instead of retraining, runs are shared between
 tables, `reproduce noise` writes noisy copies, Table B.2 and Fig. 4 end to end, Table B.3's transfer examples are
 crafted on its sources, and the paper's numbers are transcribed consistently."""
+
 import dataclasses
 import glob
 import json
@@ -89,11 +90,20 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
             assert aa_best <= pgd_best and aa_final <= pgd_final
 
     assert "CIFAR-10 (measured on digits)" in markdown
-    for says in ("digits stands in for CIFAR-10", "2 training epochs", "first 64 test images", "apgd_steps 10",
-                 "| natural best | natural final | natural diff | PGD-20 best |", "PGD-20 (SGLS) best",
-                 "PGD-20 (SGLS): the authors' final evaluator", "here eps 0.124, step 0.012",
-                 "highest per-epoch test PGD-10 (steps of eps/4)", "Trained with: reference engine, fp32 on cpu "
-                 "(every run).", "AWP, KD-AT and KD-SWA", "(sgls-code): the authors' released loss"):
+    for says in (
+        "digits stands in for CIFAR-10",
+        "2 training epochs",
+        "first 64 test images",
+        "apgd_steps 10",
+        "| natural best | natural final | natural diff | PGD-20 best |",
+        "PGD-20 (SGLS) best",
+        "PGD-20 (SGLS): the authors' final evaluator",
+        "here eps 0.124, step 0.012",
+        "highest per-epoch test PGD-10 (steps of eps/4)",
+        "Trained with: reference engine, fp32 on cpu (every run).",
+        "AWP, KD-AT and KD-SWA",
+        "(sgls-code): the authors' released loss",
+    ):
         assert says in markdown, says
     assert os.path.getsize(out / "table2_curves.png") > 0
     assert json.loads((out / "table2.json").read_text())["blocks"] == report["blocks"]
@@ -132,9 +142,9 @@ def test_grids_share_equal_runs(digits_dir, tmp_path):
 
     table4 = run_dirs("table4")
     assert len(table4) == 15 and len(set(table4)) == 13  # the three r = 0 cells are one run
-    assert run_dirs("table2")[3] in table4                # SGLR at r 0.2, T 1.5 is Table 4's cell
+    assert run_dirs("table2")[3] in table4  # SGLR at r 0.2, T 1.5 is Table 4's cell
     assert run_dirs("table3")[:2] == run_dirs("table2")[::3]  # AT and AT+SGLR (paper) on the stand-in
-    assert run_dirs("table2")[4] not in table4              # the released code's SGLR is a run of its own
+    assert run_dirs("table2")[4] not in table4  # the released code's SGLR is a run of its own
     noise = TABLES["noise"]().runs
     assert sorted({run.noise for run in noise}) == [0.0, 0.2, 0.4, 0.6, 0.8] and len(noise) == 15
 
@@ -154,8 +164,7 @@ def test_sglr_variants_and_the_papers_network(digits_dir, tmp_path):
     assert (base.model, base.input_norm, base.epochs) == ("resnet18", "none", 200)
     code = grid._run_config(base, cifar, TABLES["table2"]("sgls-code").runs[-1], str(tmp_path))
     assert (code.sglr_warmup, code.r, code.temperature) == (89, 1.0, 1.0)
-    other = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None,
-                                          model="preactresnet18")
+    other = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None, model="preactresnet18")
     assert (other.model, other.input_norm) == ("preactresnet18", "none")
     with pytest.raises(UsageError, match="--sglr applies to table2, table3 and wrn only"):
         reproduce("table4", digits_dir, str(tmp_path / "t4"), sglr="both", **QUICK)
@@ -168,10 +177,14 @@ def test_two_directories_of_one_data_set_are_refused(digits_dir, noisy_digits_di
 
 
 def test_noise_figure_shows_both_portions(tmp_path):
-    history = [{"epoch": e, "train_adv_acc_untouched": 30.0 + e, "train_adv_memorized_corrupted": 5.0 + e}
-               for e in (1, 2, 3)]
-    results = [(Run("cifar10", labels, f"{rate:.0%}", noise=rate), Measured("", history, {}))
-               for labels in ("Hard Label", "Self-Guided Soft Label") for rate in (0.0, 0.4)]
+    history = [
+        {"epoch": e, "train_adv_acc_untouched": 30.0 + e, "train_adv_memorized_corrupted": 5.0 + e} for e in (1, 2, 3)
+    ]
+    results = [
+        (Run("cifar10", labels, f"{rate:.0%}", noise=rate), Measured("", history, {}))
+        for labels in ("Hard Label", "Self-Guided Soft Label")
+        for rate in (0.0, 0.4)
+    ]
     path = tmp_path / "fig4.png"
     plot_noise_memorization(results, str(path))
     assert path.stat().st_size > 0
@@ -200,8 +213,25 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce_module, "plot_noise_memorization", recording_plot)
     out = tmp_path / "noise"
-    assert main(["reproduce", "noise", "--data", digits_dir, "--out", str(out), "--epochs", "1", "--eval-subset", "50",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "noise",
+                "--data",
+                digits_dir,
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--eval-subset",
+                "50",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     _, clean_labels, _ = read_split(read_data_dir(digits_dir), "train")
     copies = {rate: str(out / "data" / f"digits-symmetric{rate:g}") for rate in rates}
@@ -218,8 +248,12 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
     report = _read_json(out / "noise.json")
     markdown = (out / "noise.md").read_text()
     assert "| labels / noise | 20% | 60% |" in markdown and "CIFAR-10 (measured on digits)" in markdown
-    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
-                                               for line in markdown.splitlines() if line.startswith("| "))}
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("| ")
+        )
+    }
     runs = {(run["row"], run["noise"]): run["run_dir"] for run in report["runs"]}
     assert len(runs) == 6
     for labels, row in tables.LABEL_NAMES.items():
@@ -238,8 +272,11 @@ def test_noise_table_end_to_end(digits_dir, tmp_path, monkeypatch):
     assert str(out / "noise_fig4.png") in report["figures"] and os.path.getsize(out / "noise_fig4.png") > 0
     assert sorted((run.row, run.noise) for run, _ in plotted) == sorted(runs)
     for _, m in plotted:  # both portions, every epoch, with a value (the runs have noise)
-        assert all(0 <= row[key] <= 100 for row in m.history
-                   for key in ("train_adv_acc_untouched", "train_adv_memorized_corrupted"))
+        assert all(
+            0 <= row[key] <= 100
+            for row in m.history
+            for key in ("train_adv_acc_untouched", "train_adv_memorized_corrupted")
+        )
 
 
 def test_transfer_table_runs(digits_dir, tmp_path):
@@ -253,10 +290,13 @@ def test_transfer_table_runs(digits_dir, tmp_path):
 
     spec = TABLES["transfer"]()
     sources = configs(spec.sources)
-    assert [(c.model, c.method, c.labels) for c in sources] == [("resnet34", "pgd-at", "hard"),
-                                                                  ("resnet50", "pgd-at", "hard")]
-    assert [(run.source, run.row) for run in spec.runs] == [(s, row) for s in ("ResNet-34", "ResNet-50")
-                                                            for row in ("AT", "AT+SGLR")]
+    assert [(c.model, c.method, c.labels) for c in sources] == [
+        ("resnet34", "pgd-at", "hard"),
+        ("resnet50", "pgd-at", "hard"),
+    ]
+    assert [(run.source, run.row) for run in spec.runs] == [
+        (s, row) for s in ("ResNet-34", "ResNet-50") for row in ("AT", "AT+SGLR")
+    ]
     table3 = [c.out for c in configs(TABLES["table3"]().runs)[:2]]
     assert [c.out for c in configs(spec.runs)] == table3 * 2
 
@@ -286,8 +326,25 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(robustness, "pgd", spy_pgd)
     monkeypatch.setattr(reproduce_module, "_evaluate", spy_evaluate)
     out = tmp_path / "transfer"
-    assert main(["reproduce", "transfer", "--data", digits_dir, "--out", str(out), "--epochs", "1",
-                 "--eval-subset", "30", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "transfer",
+                "--data",
+                digits_dir,
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--eval-subset",
+                "30",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     report = _read_json(out / "transfer.json")
     sources = report["sources"]
@@ -296,21 +353,26 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
         config = _read_json(os.path.join(os.path.dirname(sources[name]), "config.json"))
         assert (config["labels"], config["method"], config["seed"], config["epochs"]) == ("hard", "pgd-at", seed, 1)
     targets = {run["row"]: run["run_dir"] for run in report["runs"]}
-    assert set(targets) == {"AT", "AT+SGLR"} and not set(targets.values()) & {os.path.dirname(p)
-                                                                               for p in sources.values()}
+    assert set(targets) == {"AT", "AT+SGLR"} and not set(targets.values()) & {
+        os.path.dirname(p) for p in sources.values()
+    }
 
     # Crafting (PGD-10 on CE, CW) ran on the sources' best.pt only; the checks' PGD-1 / PGD-20 on the targets. At one
     # epoch a run's checkpoints are one and the same, so the weights name the run, and best.pt is the one evaluated.
-    checkpoints = [*sources.values(),
-                   *(os.path.join(d, f"{which}.pt") for d in targets.values() for which in ("best", "final"))]
+    checkpoints = [
+        *sources.values(),
+        *(os.path.join(d, f"{which}.pt") for d in targets.values() for which in ("best", "final")),
+    ]
     weights = {path: _first_weights(load_model(path)) for path in checkpoints}
 
     def run_of(w):
         (run_dir,) = {os.path.dirname(p) for p, v in weights.items() if torch.equal(v, w)}
         return run_dir
 
-    on = {(steps, loss): {run_of(w) for w, s, lo in crafted if (s, lo) == (steps, loss)}
-          for steps, loss in {(s, lo) for _, s, lo in crafted}}
+    on = {
+        (steps, loss): {run_of(w) for w, s, lo in crafted if (s, lo) == (steps, loss)}
+        for steps, loss in {(s, lo) for _, s, lo in crafted}
+    }
     source_runs = {os.path.dirname(p) for p in sources.values()}
     assert on.pop((10, "ce")) == on.pop((30, "cw")) == source_runs
     assert set(on) <= {(20, "ce"), (1, "ce")} and set().union(*on.values()) == set(targets.values())
@@ -337,7 +399,12 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
                 shown, shown_paper, diff = CELL.match(cell.strip()).groups()
                 assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
                 assert float(diff) == pytest.approx(measured - paper_value, abs=0.11)
-    for says in ("digits stands in for CIFAR-10", "1 training epoch per run", "first 30 test images", "source's best.pt"):
+    for says in (
+        "digits stands in for CIFAR-10",
+        "1 training epoch per run",
+        "first 30 test images",
+        "source's best.pt",
+    ):
         assert says in markdown
 
 
@@ -345,9 +412,13 @@ def test_paper_numbers_are_consistent():
     """Printed diffs equal best - final up to rounding (bar the two the paper misprints), and cells read off the
     paper's Tables 2-4 and B.4 (and the SGLS code's README for Table 3's final columns) agree with the transcription."""
     transfer = {f"cifar10 from {source}": rows for source, rows in paper_numbers.TRANSFER["cifar10"].items()}
-    for table, by_dataset in (("table2", paper_numbers.TABLE2), ("table3", paper_numbers.TABLE3),
-                              ("calibration", paper_numbers.CALIBRATION), ("transfer", transfer),
-                              ("table_b4", paper_numbers.TABLE_B4)):
+    for table, by_dataset in (
+        ("table2", paper_numbers.TABLE2),
+        ("table3", paper_numbers.TABLE3),
+        ("calibration", paper_numbers.CALIBRATION),
+        ("transfer", transfer),
+        ("table_b4", paper_numbers.TABLE_B4),
+    ):
         for dataset, rows in by_dataset.items():
             for row, metrics in rows.items():
                 for metric, (best, final, diff) in metrics.items():
@@ -361,8 +432,11 @@ def test_paper_numbers_are_consistent():
     assert paper_numbers.TABLE2["cifar10"]["PGD-AT+LS"]["pgd20"][:2] == (53.7, 48.9)
     wrn = paper_numbers.TABLE_B4["cifar10"]  # Table B.4, WRN-34-10 block
     assert wrn["AT"]["pgd20"][:2] == (55.9, 50.2) and wrn["AT+SGLR"]["autoattack"][:2] == (54.3, 52.3)
-    robust = {(t, r): paper_numbers.TABLE4[t]["RA"][i] for t in paper_numbers.TABLE4_T
-              for i, r in enumerate(paper_numbers.TABLE4_R)}
+    robust = {
+        (t, r): paper_numbers.TABLE4[t]["RA"][i]
+        for t in paper_numbers.TABLE4_T
+        for i, r in enumerate(paper_numbers.TABLE4_R)
+    }
     assert max(robust, key=robust.get) == (1.5, 0.2)  # "best robust accuracy at r = 0.2, T = 1.5"
 
 
@@ -375,8 +449,11 @@ def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
     report = reproduce("wrn", digits_dir, str(out), **QUICK)
     table2_runs = {run["row"]: run["run_dir"] for run in first["runs"]}
     runs = {run["row"]: run["run_dir"] for run in report["runs"]}
-    assert runs == {"AT": table2_runs["PGD-AT"], "AT+SGLR (paper)": table2_runs["PGD-AT+SGLR (paper)"],
-                    "AT+SGLR (sgls-code)": table2_runs["PGD-AT+SGLR (sgls-code)"]}
+    assert runs == {
+        "AT": table2_runs["PGD-AT"],
+        "AT+SGLR (paper)": table2_runs["PGD-AT+SGLR (paper)"],
+        "AT+SGLR (sgls-code)": table2_runs["PGD-AT+SGLR (sgls-code)"],
+    }
     (block,) = report["blocks"]
     assert block["heading"] == "CIFAR-10 (measured on digits): WRN-34-10"
     markdown = report["markdown"]
@@ -395,15 +472,19 @@ def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
         for cell, measured, paper_value in zip(line.strip("|").split("|")[1:], row["measured"], row["paper"]):
             shown, shown_paper, diff = CELL.match(cell.strip()).groups()
             assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
-    for says in ("digits stands in for CIFAR-10: model smallcnn", "(the paper: WRN-34-10, 8/255, 200 epochs)",
-                 "the table prints \"ResNet-34-10\"", "`fastsglr reproduce table3`", "(sgls-code): the authors'"):
+    for says in (
+        "digits stands in for CIFAR-10: model smallcnn",
+        "(the paper: WRN-34-10, 8/255, 200 epochs)",
+        'the table prints "ResNet-34-10"',
+        "`fastsglr reproduce table3`",
+        "(sgls-code): the authors'",
+    ):
         assert says in markdown, says
 
     cifar = dataclasses.replace(read_data_dir(digits_dir), dataset="cifar10")
     base = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
     wrn, table3 = TABLES["wrn"](), TABLES["table3"]()
-    configs = [grid._run_config(base, cifar, run, str(tmp_path), grid._network(wrn, cifar, None))
-               for run in wrn.runs]
+    configs = [grid._run_config(base, cifar, run, str(tmp_path), grid._network(wrn, cifar, None)) for run in wrn.runs]
     assert {(c.model, c.input_norm) for c in configs} == {("wrn34_10", "none")}
     at_resnet = grid._run_config(base, cifar, table3.runs[0], str(tmp_path))
     assert at_resnet.model == "resnet18" and at_resnet.out not in {c.out for c in configs}
@@ -422,22 +503,31 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     histories = {name: read_history(d) for name, d in runs.items()}
     for name, run_dir in runs.items():
         config = _read_json(os.path.join(run_dir, "config.json"))
-        assert (config["method"], config["labels"], config["schedule"], config["hessian_probes"]) == \
-            ("pgd-at", "hard", name, tables.SCHEDULE_HESSIAN_PROBES)
+        assert (config["method"], config["labels"], config["schedule"], config["hessian_probes"]) == (
+            "pgd-at",
+            "hard",
+            name,
+            tables.SCHEDULE_HESSIAN_PROBES,
+        )
         assert all(np.isfinite(row["hessian_trace"]) and row["hessian_trace_sem"] > 0 for row in histories[name])
     # cosine: 0.5 lr (1 + cos(pi t)) at the epoch's last step (1347 // 64 = 21 steps per epoch)
     steps = 1347 // 64
     assert [row["lr"] for row in histories["cosine"]] == pytest.approx(
-        [0.5 * 0.05 * (1 + np.cos(np.pi * (e + (steps - 1) / steps) / 2)) for e in range(2)])
+        [0.5 * 0.05 * (1 + np.cos(np.pi * (e + (steps - 1) / steps) / 2)) for e in range(2)]
+    )
     assert [row["lr"] for row in histories["piecewise"]] == pytest.approx([0.05, 0.005])
 
     hard = next(run["run_dir"] for run in first["runs"] if run["row"] == "PGD-AT")
     assert all("hessian_trace" not in row for row in read_history(hard))
     for key in ("train_loss", "train_adv_acc", "grad_norm", "test_pgd_acc"):
         assert [row[key] for row in histories["piecewise"]] == [row[key] for row in read_history(hard)]
-    assert all(torch.equal(a, b) for a, b in zip(load_model(os.path.join(hard, "final.pt")).state_dict().values(),
-                                                  load_model(os.path.join(runs["piecewise"], "final.pt"))
-                                                  .state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            load_model(os.path.join(hard, "final.pt")).state_dict().values(),
+            load_model(os.path.join(runs["piecewise"], "final.pt")).state_dict().values(),
+        )
+    )
 
     summary, per_epoch = report["blocks"]
     for row in summary["rows"]:
@@ -447,13 +537,19 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     assert per_epoch["columns"] == [f"{name} {m}" for name in runs for m in ("test PGD-10", "grad norm", "tr(H)")]
     for e, row in enumerate(per_epoch["rows"]):
         assert row["label"] == str(e + 1)
-        assert row["measured"] == [histories[name][e][key] for name in runs
-                                   for key in ("test_pgd_acc", "grad_norm", "hessian_trace")]
+        assert row["measured"] == [
+            histories[name][e][key] for name in runs for key in ("test_pgd_acc", "grad_norm", "hessian_trace")
+        ]
         assert row["paper"] == [None] * 6
     markdown = report["markdown"]
     trace = histories["cosine"][1]["hessian_trace"]
-    assert f"| 2 | {histories['piecewise'][1]['test_pgd_acc']:.1f} / – |" in markdown and f"{trace:.2f} / – |" in markdown
-    for says in (f"Hutchinson's estimator with {tables.SCHEDULE_HESSIAN_PROBES} Rademacher probes",
-                 "Its caption names no method", "measured on a seeded subset of 64 test images"):
+    assert (
+        f"| 2 | {histories['piecewise'][1]['test_pgd_acc']:.1f} / – |" in markdown and f"{trace:.2f} / – |" in markdown
+    )
+    for says in (
+        f"Hutchinson's estimator with {tables.SCHEDULE_HESSIAN_PROBES} Rademacher probes",
+        "Its caption names no method",
+        "measured on a seeded subset of 64 test images",
+    ):
         assert says in markdown, says
     assert os.path.getsize(out / "schedules_curves.png") > 0

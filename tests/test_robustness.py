@@ -2,6 +2,7 @@
 PGD-20, runs each part only on the images still robust and gets what its parts run alone get, the report holds what
 it promises, `eval RUN_DIR` writes the best / final / diff table, and the gradient-masking checks pass an honest
 model but flag one whose forward rounds its input."""
+
 import hashlib
 import json
 
@@ -14,8 +15,15 @@ from fastsglr import load_model
 from fastsglr.attacks import project
 from fastsglr.cli import main
 from fastsglr.errors import UsageError
-from fastsglr.robustness import (ATTACKS, AUTOATTACK_PARTS, AttackSettings, eps_grid, evaluate_model,
-                                 load_test_images, run_eval)
+from fastsglr.robustness import (
+    ATTACKS,
+    AUTOATTACK_PARTS,
+    AttackSettings,
+    eps_grid,
+    evaluate_model,
+    load_test_images,
+    run_eval,
+)
 
 EPS = 32 / 255  # the demo preset's radius, which the runs below train with
 # AutoAttack and Square shrunk so that a CPU runs them in seconds (the CLI uses the standard settings).
@@ -27,8 +35,22 @@ def quiet(*_):
 
 
 def _train(data, out, *flags):
-    args = ["train", "--data", data, "--out", str(out), "--preset", "demo", "--eval-subset", "100",
-            "--loader", "device", "--device", "cpu", *flags]
+    args = [
+        "train",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--preset",
+        "demo",
+        "--eval-subset",
+        "100",
+        "--loader",
+        "device",
+        "--device",
+        "cpu",
+        *flags,
+    ]
     assert main(args) == 0
     return out
 
@@ -42,8 +64,9 @@ def run_dir(digits_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def source_dir(digits_dir, tmp_path_factory):
     """An independently trained model (other seed and labels): the transfer attack's source."""
-    return _train(digits_dir, tmp_path_factory.mktemp("eval") / "source", "--labels", "sglr", "--epochs", "4",
-                  "--seed", "1")
+    return _train(
+        digits_dir, tmp_path_factory.mktemp("eval") / "source", "--labels", "sglr", "--epochs", "4", "--seed", "1"
+    )
 
 
 def _accuracy(model, images, labels):
@@ -87,8 +110,11 @@ def test_pgd20_sgls_is_the_authors_evaluator(run_dir, digits_dir):
     path = str(run_dir / "final.pt")
     report = run_eval(path, attacks="clean,pgd20-sgls", eps=8 / 255, checks=False, device="cpu", log=quiet)
     settings = report["attacks"]["pgd20-sgls"]["settings"]
-    assert (settings["eps"], settings["step_size"], settings["steps"]) == (pytest.approx(0.031), pytest.approx(0.003),
-                                                                          20)
+    assert (settings["eps"], settings["step_size"], settings["steps"]) == (
+        pytest.approx(0.031),
+        pytest.approx(0.003),
+        20,
+    )
     model = load_model(path)
     images, labels, _ = load_test_images(digits_dir, None, "cpu")
     torch.manual_seed(0)
@@ -176,12 +202,22 @@ def test_autoattack_runs_each_part_on_survivors_only(monkeypatch):
             x[rows, 0, 0, y[rows]] -= 0.05
             x[rows, 0, 0, (y[rows] + 1) % 10] += 0.05
             return x
+
         return attack
 
     monkeypatch.setattr(robustness, "_torchattacks_part", stub_part)
     images, labels = _scored_images(20, misclassified={0, 1})
-    report = evaluate_model(Scores(), images, labels, eps=0.1, num_classes=10, attacks="clean,autoattack",
-                            checks=False, batch_size=4, log=quiet)
+    report = evaluate_model(
+        Scores(),
+        images,
+        labels,
+        eps=0.1,
+        num_classes=10,
+        attacks="clean,autoattack",
+        checks=False,
+        batch_size=4,
+        log=quiet,
+    )
 
     robust = set(range(2, 20))
     for part in AUTOATTACK_PARTS:
@@ -200,14 +236,26 @@ def test_autoattack_equals_its_parts_run_alone(run_dir, digits_dir):
     settings = AttackSettings(apgd_steps=10, fab_steps=10, square_queries=100)
     model = load_model(str(run_dir / "final.pt"))
     images, labels, _ = load_test_images(digits_dir, 20, "cpu")
-    aa = evaluate_model(model, images, labels, eps=EPS, num_classes=10, attacks="autoattack", settings=settings,
-                        checks=False, batch_size=1, log=quiet)["attacks"]["autoattack"]
+    aa = evaluate_model(
+        model,
+        images,
+        labels,
+        eps=EPS,
+        num_classes=10,
+        attacks="autoattack",
+        settings=settings,
+        checks=False,
+        batch_size=1,
+        log=quiet,
+    )["attacks"]["autoattack"]
 
     common = dict(norm="Linf", eps=EPS, n_restarts=1, seed=0)
-    alone = {"apgd-ce": ta.APGD(model, steps=10, loss="ce", **common),
-             "apgd-t": ta.APGDT(model, steps=10, n_classes=10, **common),
-             "fab-t": ta.FAB(model, steps=10, multi_targeted=True, n_classes=10, **common),
-             "square": ta.Square(model, n_queries=100, **common)}
+    alone = {
+        "apgd-ce": ta.APGD(model, steps=10, loss="ce", **common),
+        "apgd-t": ta.APGDT(model, steps=10, n_classes=10, **common),
+        "fab-t": ta.FAB(model, steps=10, multi_targeted=True, n_classes=10, **common),
+        "square": ta.Square(model, n_queries=100, **common),
+    }
     with torch.no_grad():
         robust = model(images).argmax(1) == labels
     for part, attack in alone.items():
@@ -232,8 +280,10 @@ def test_checks_flag_a_gradient_masked_model(run_dir, digits_dir, capsys):
     report = evaluate_model(RoundedInput(honest), images, labels, attacks="clean,pgd20,square,autoattack", **kwargs)
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
     # Square alone beats white-box; within AutoAttack it breaks images on which APGD, FAB-T and PGD-20 all failed.
-    assert {"Square (black-box) is not below white-box",
-            "AutoAttack: Square (black-box) breaks no image white-box failed on"} <= failed
+    assert {
+        "Square (black-box) is not below white-box",
+        "AutoAttack: Square (black-box) breaks no image white-box failed on",
+    } <= failed
     assert not report["checks_passed"]
     assert "WARNING: possible gradient masking" in capsys.readouterr().out
 
@@ -251,13 +301,16 @@ def test_eval_run_dir_writes_best_final_table(run_dir, tmp_path):
     assert json.loads(out.read_text())["table"] == report["table"]
 
 
-@pytest.mark.parametrize("options,message", [
-    (dict(attacks="clean,pgd0"), "unknown attack 'pgd0'"),
-    (dict(attacks="fgsm"), "unknown attack 'fgsm'"),
-    (dict(attacks="transfer"), "needs --source"),
-    (dict(n=0), "--n 0 is out of range"),
-    (dict(eps=2.0), "--eps 2.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(attacks="clean,pgd0"), "unknown attack 'pgd0'"),
+        (dict(attacks="fgsm"), "unknown attack 'fgsm'"),
+        (dict(attacks="transfer"), "needs --source"),
+        (dict(n=0), "--n 0 is out of range"),
+        (dict(eps=2.0), "--eps 2.0 is out of range"),
+    ],
+)
 def test_bad_requests_are_one_line_usage_errors(run_dir, options, message):
     with pytest.raises(UsageError, match=message) as info:
         run_eval(str(run_dir / "final.pt"), checks=False, log=quiet, **options)
@@ -280,30 +333,50 @@ def test_transfer_attacks_craft_on_the_source_and_count_as_black_box(monkeypatch
         return real_pgd(attacked, x, y, **kwargs)
 
     monkeypatch.setattr(robustness, "pgd", spy)
-    report = evaluate_model(model, images, labels, eps=EPS, num_classes=10, settings=settings, source=source,
-                            attacks="transfer,transfer-pgd10,transfer-cw", log=quiet)
+    report = evaluate_model(
+        model,
+        images,
+        labels,
+        eps=EPS,
+        num_classes=10,
+        settings=settings,
+        source=source,
+        attacks="transfer,transfer-pgd10,transfer-cw",
+        log=quiet,
+    )
 
     crafting = {"transfer": (5, "ce"), "transfer-pgd10": (10, "ce"), "transfer-cw": (7, "cw")}
     assert [(steps, loss) for m, steps, loss in calls if m is source] == list(crafting.values())
     assert all(steps in (1, 20) and loss == "ce" for m, steps, loss in calls if m is model)  # the checks
     for name, (steps, loss) in crafting.items():
         torch.manual_seed(0)  # as evaluate_model seeds each attack
-        x_adv = project(real_pgd(source, images, labels, eps=EPS, step_size=EPS / 4, steps=steps, loss=loss), images,
-                        EPS)
+        x_adv = project(
+            real_pgd(source, images, labels, eps=EPS, step_size=EPS / 4, steps=steps, loss=loss), images, EPS
+        )
         assert report["attacks"][name]["acc"] == pytest.approx(_accuracy(model, x_adv, labels))
-        assert report["attacks"][name]["settings"] == {"eps": EPS, "steps": steps, "step_size": EPS / 4, "loss": loss,
-                                                       "random_start": True, "crafted_on": "source"}
+        assert report["attacks"][name]["settings"] == {
+            "eps": EPS,
+            "steps": steps,
+            "step_size": EPS / 4,
+            "loss": loss,
+            "random_start": True,
+            "crafted_on": "source",
+        }
     black_box = [c["name"] for c in report["checks"] if "black-box" in c["name"]]
-    assert black_box == [f"{n} (black-box) is not below white-box" for n in
-                         ("transfer", "transfer PGD-10", "transfer CW-inf")]
+    assert black_box == [
+        f"{n} (black-box) is not below white-box" for n in ("transfer", "transfer PGD-10", "transfer CW-inf")
+    ]
 
 
-@pytest.mark.parametrize("attacks,message", [
-    ("transfer-pgd0", "unknown attack 'transfer-pgd0'"),
-    ("transfer-square", "unknown attack 'transfer-square'"),
-    ("transfer-cw", "needs --source"),
-    ("clean,transfer-pgd10", "needs --source"),
-])
+@pytest.mark.parametrize(
+    "attacks,message",
+    [
+        ("transfer-pgd0", "unknown attack 'transfer-pgd0'"),
+        ("transfer-square", "unknown attack 'transfer-square'"),
+        ("transfer-cw", "needs --source"),
+        ("clean,transfer-pgd10", "needs --source"),
+    ],
+)
 def test_bad_transfer_attacks(attacks, message):
     with pytest.raises(UsageError, match=message):
         robustness.parse_attacks(attacks, has_source=False)

@@ -1,5 +1,6 @@
 """The raw readers: CIFAR pixel order against hand-built files in the official format, errors for bad or missing
 files (without touching the network), the fixed digits split, and a learnable synthetic set."""
+
 import hashlib
 import pickle
 import shutil
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_cifar import CIFAR10_NAMES, _dump, _fake_rows, _pixel_of_row, _tar, _write_cifar10, _write_cifar100
 
 from fastsglr.data.sources import DATASETS, channel_stats, load_raw
 from fastsglr.errors import UsageError
-from fake_cifar import CIFAR10_NAMES, _dump, _fake_rows, _pixel_of_row, _tar, _write_cifar10, _write_cifar100
+
 
 def _check_pixels(images: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
     assert images.dtype == np.uint8 and images.shape == (len(rows), 32, 32, 3)

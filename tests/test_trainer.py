@@ -1,5 +1,6 @@
 """The reference trainer end to end on digits: what a run leaves behind, exact resume, atomic checkpoints, NaN stop,
 PGD-20 agreeing with torchattacks, and the command line's errors."""
+
 import json
 import os
 
@@ -20,8 +21,22 @@ TIMING = ("train_seconds", "eval_seconds", "epoch_seconds", "train_images_per_se
 
 
 def _train(data, out, *extra):
-    args = ["train", "--data", data, "--out", str(out), "--preset", "demo", "--epochs", "3", "--eval-subset", "120",
-            "--device", "cpu", *extra]
+    args = [
+        "train",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--preset",
+        "demo",
+        "--epochs",
+        "3",
+        "--eval-subset",
+        "120",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     return main(args)
 
 
@@ -83,8 +98,10 @@ def test_eval_every_skips_epochs_but_never_the_last(digits_dir, tmp_path):
     gets (evaluation does not touch training); epoch 1 has null test columns and cannot become best.pt."""
     every, sparse = tmp_path / "every", tmp_path / "sparse"
     assert _train(digits_dir, every, "--labels", "sglr", "--attack-steps", "1", "--loader", "device") == 0
-    assert _train(digits_dir, sparse, "--labels", "sglr", "--attack-steps", "1", "--loader", "device",
-                  "--eval-every", "2") == 0
+    assert (
+        _train(digits_dir, sparse, "--labels", "sglr", "--attack-steps", "1", "--loader", "device", "--eval-every", "2")
+        == 0
+    )
     a, b = _rows(every), _rows(sparse)
     assert [r["test_pgd_acc"] is None for r in b] == [True, False, False]
     assert all(b[0][key] is None for key in TEST_COLUMNS)
@@ -133,11 +150,12 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(digits_dir, tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "epoch 2, step 5" in err[0]
     saved = load_checkpoint(str(out / "last.pt"))
-    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert saved["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point()
+    )
 
 
-@pytest.mark.parametrize("method,labels", [("pgd-at", "ls"), ("pgd-at", "te"), ("trades", "hard"),
-                                           ("trades", "sglr")])
+@pytest.mark.parametrize("method,labels", [("pgd-at", "ls"), ("pgd-at", "te"), ("trades", "hard"), ("trades", "sglr")])
 def test_every_method_trains(digits_dir, tmp_path, method, labels):
     out = tmp_path / f"{method}-{labels}"
     assert _train(digits_dir, out, "--method", method, "--labels", labels, "--epochs", "2") == 0
@@ -168,13 +186,18 @@ def test_pgd20_matches_torchattacks(digits_dir, tmp_path):
     assert abs(ours["test_pgd_acc"] - theirs) <= 1.0, (ours, theirs)
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--r", "1.5"], "--r 1.5 is out of range"),
-    (["--eps", "8/0"], "is not a number"),
-    (["--model", "vgg"], "unknown model 'vgg'"),
-    (["--device", "cuda"], "CUDA") if not torch.cuda.is_available() else (["--lr", "-1"], "--lr -1.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--r", "1.5"], "--r 1.5 is out of range"),
+        (["--eps", "8/0"], "is not a number"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--device", "cuda"], "CUDA")
+        if not torch.cuda.is_available()
+        else (["--lr", "-1"], "--lr -1.0 is out of range"),
+    ],
+)
 def test_bad_train_flags_exit_2_with_one_line(digits_dir, tmp_path, capsys, flags, message):
     assert main(["train", "--data", digits_dir, "--out", str(tmp_path / "x"), *flags]) == 2
     err = capsys.readouterr().err.strip()

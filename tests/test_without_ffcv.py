@@ -1,7 +1,8 @@
 """A machine where `import ffcv` fails (the GPU box): prepare (digits, synthetic, CIFAR) writes the arrays only and
 says so, train picks the device-held loader by default, a run resumes to the same end (also one started with FFCV,
-given --loader device), eval works, and asking for the FFCV loader is a one-line error. Every command goes through the command line in a fresh interpreter whose
-`import ffcv` is made to fail before fastsglr is imported."""
+given --loader device), eval works, and asking for the FFCV loader is a one-line error. Every command goes through
+the command line in a fresh interpreter whose `import ffcv` is made to fail before fastsglr is imported."""
+
 import json
 import os
 import shutil
@@ -26,8 +27,9 @@ QUICK = ["--preset", "demo", "--attack-steps", "1", "--eval-subset", "50", "--de
 
 
 def _cli_without_ffcv(*commands):
-    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True,
-                          env=ENV, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True, env=ENV, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     codes = json.loads(done.stdout.rsplit("exit codes:", 1)[1])
     return codes, done.stdout, done.stderr
@@ -49,10 +51,20 @@ def test_prepare_train_resume_eval_without_ffcv(tmp_path):
         ["prepare", "--dataset", "synthetic", "--out", synth, "--synthetic-train", "96", "--synthetic-test", "32"],
         ["prepare", "--dataset", "cifar10", "--root", str(tmp_path / "raw"), "--out", cifar],
         ["train", "--data", digits, "--out", whole, "--epochs", "2", *QUICK],
-        ["train", "--data", synth, "--out", str(tmp_path / "synth_run"), "--epochs", "1", "--batch-size", "32",
-         *QUICK],
-        ["eval", os.path.join(whole, "final.pt"), "--attacks", "clean,pgd20", "--n", "50", "--no-checks",
-         "--device", "cpu", "--out", str(tmp_path / "report.json")],
+        ["train", "--data", synth, "--out", str(tmp_path / "synth_run"), "--epochs", "1", "--batch-size", "32", *QUICK],
+        [
+            "eval",
+            os.path.join(whole, "final.pt"),
+            "--attacks",
+            "clean,pgd20",
+            "--n",
+            "50",
+            "--no-checks",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "report.json"),
+        ],
         ["train", "--data", digits, "--out", str(tmp_path / "refused"), "--loader", "ffcv", *QUICK],
     )
     assert codes == [0, 0, 0, 0, 0, 0, 2], out + err
@@ -61,7 +73,8 @@ def test_prepare_train_resume_eval_without_ffcv(tmp_path):
         assert sorted(os.listdir(data)) == ["meta.json", "test.npz", "train.npz"]
     assert err.strip().splitlines()[-1] == (
         "fastsglr: error: --loader ffcv needs FFCV, which cannot be imported here: use --loader device (the data "
-        "set held on the device), or install FFCV (pip install 'fastsglr[ffcv]')")
+        "set held on the device), or install FFCV (pip install 'fastsglr[ffcv]')"
+    )
     assert not os.path.exists(tmp_path / "refused")
     for run in (whole, str(tmp_path / "synth_run")):
         assert json.load(open(os.path.join(run, "config.json")))["loader"] == "device"  # the default there
@@ -78,8 +91,9 @@ def test_prepare_train_resume_eval_without_ffcv(tmp_path):
             os.remove(os.path.join(run, name))
     config = json.load(open(os.path.join(moved, "config.json")))
     json.dump({**config, "loader": "ffcv"}, open(os.path.join(moved, "config.json"), "w"))
-    codes, out, err = _cli_without_ffcv(["train", "--resume", resumed], ["train", "--resume", moved],
-                                        ["train", "--resume", moved, "--loader", "device"])
+    codes, out, err = _cli_without_ffcv(
+        ["train", "--resume", resumed], ["train", "--resume", moved], ["train", "--resume", moved, "--loader", "device"]
+    )
     assert codes == [0, 2, 0], out + err
     assert "fastsglr: error: --loader ffcv needs FFCV, which cannot be imported here: use --loader device" in err
     a = load_checkpoint(os.path.join(whole, "final.pt"))

@@ -4,6 +4,7 @@ Both loaders call these, so FFCV and the device-held loader augment identically.
 FFCV's pipeline also makes it seedable: FFCV's flip and translate draw from numba's unseeded per-thread RNG, which
 would make runs unrepeatable and resume inexact.
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -5,6 +5,7 @@ share one format; the index is stored because FFCV has no sample-index output an
 per training sample. FFCV is optional (it compiles against OpenCV and libjpeg-turbo, and the GPU box lacks it):
 without it a data directory holds only the arrays the device-held loader reads (``arrays.py``).
 """
+
 import functools
 import os
 
@@ -16,7 +17,7 @@ FIELDS = ("image", "label", "clean_label", "index")
 PAGE_SIZE = 1 << 21  # FFCV allocates records in pages of this size
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffcv_available() -> bool:
     """Whether ``import ffcv`` works (an install whose compiled parts cannot load counts as missing)."""
     try:
@@ -28,8 +29,10 @@ def ffcv_available() -> bool:
 
 def require_ffcv():
     if not ffcv_available():
-        raise UsageError("--loader ffcv needs FFCV, which cannot be imported here: use --loader device (the data set "
-                         "held on the device), or install FFCV (pip install 'fastsglr[ffcv]')")
+        raise UsageError(
+            "--loader ffcv needs FFCV, which cannot be imported here: use --loader device (the data set "
+            "held on the device), or install FFCV (pip install 'fastsglr[ffcv]')"
+        )
 
 
 class _Records:
@@ -89,13 +92,18 @@ def check_beton(path, image_shape, num_samples=None):
     expected = {"image": NDArrayField, "label": IntField, "clean_label": IntField, "index": IntField}
     found = {name: type(handler) for name, handler in reader.handlers.items()}
     if found != expected:
-        raise UsageError(f"{path} has fields {sorted(found)} ({', '.join(t.__name__ for t in found.values())}), "
-                         f"expected {list(FIELDS)}: re-run `fastsglr prepare`")
+        raise UsageError(
+            f"{path} has fields {sorted(found)} ({', '.join(t.__name__ for t in found.values())}), "
+            f"expected {list(FIELDS)}: re-run `fastsglr prepare`"
+        )
     shape = tuple(int(n) for n in reader.handlers["image"].shape)  # FFCV's are numpy integers: print them plain
     if shape != tuple(image_shape):
-        raise UsageError(f"{path} holds images of shape {shape} but meta.json says {tuple(image_shape)}: re-run "
-                         f"`fastsglr prepare`")
+        raise UsageError(
+            f"{path} holds images of shape {shape} but meta.json says {tuple(image_shape)}: re-run `fastsglr prepare`"
+        )
     if num_samples is not None and int(reader.num_samples) != num_samples:
-        raise UsageError(f"{path} holds {int(reader.num_samples)} records but meta.json says {num_samples}: "
-                         f"re-run `fastsglr prepare`")
+        raise UsageError(
+            f"{path} holds {int(reader.num_samples)} records but meta.json says {num_samples}: "
+            f"re-run `fastsglr prepare`"
+        )
     return reader

@@ -1,6 +1,7 @@
 """A prepared data directory: ``meta.json``, each split's arrays (``train.npz``, ``test.npz``: what the device-held
 loader reads, without FFCV) and, where FFCV is installed, its betons (``train.beton``, ``test.beton``: what the
 streaming FFCV loader reads); and the checks on reading it."""
+
 import functools
 import hashlib
 import json
@@ -29,11 +30,11 @@ class DataInfo:
     root: str
     dataset: str
     classes: tuple
-    image_shape: tuple          # (H, W, C) as stored
-    counts: dict                # split -> number of records
-    mean: tuple                 # per-channel, in [0, 1] units, of the training images
+    image_shape: tuple  # (H, W, C) as stored
+    counts: dict  # split -> number of records
+    mean: tuple  # per-channel, in [0, 1] units, of the training images
     std: tuple
-    crop_padding: int           # zero padding of the training random crop (4 for 32 x 32 images)
+    crop_padding: int  # zero padding of the training random crop (4 for 32 x 32 images)
     noise: dict
     checksums: dict = field(default_factory=dict)  # file name -> sha256, as checked against the files on reading
 
@@ -67,11 +68,18 @@ def read_data_dir(root, loader="device") -> DataInfo:
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        info = DataInfo(root=root, dataset=meta["dataset"], classes=tuple(meta["classes"]),
-                        image_shape=tuple(meta["image_shape"]), counts=dict(meta["counts"]),
-                        mean=tuple(meta["mean"]), std=tuple(meta["std"]), crop_padding=int(meta["crop_padding"]),
-                        noise=dict(meta["noise"]),
-                        checksums=dict(meta.get("checksums", {})))
+        info = DataInfo(
+            root=root,
+            dataset=meta["dataset"],
+            classes=tuple(meta["classes"]),
+            image_shape=tuple(meta["image_shape"]),
+            counts=dict(meta["counts"]),
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+            crop_padding=int(meta["crop_padding"]),
+            noise=dict(meta["noise"]),
+            checksums=dict(meta.get("checksums", {})),
+        )
         _check_meta(info, meta)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{meta_path} is damaged ({exc!r}): re-run `fastsglr prepare`") from None
@@ -108,12 +116,15 @@ def _check_checksum(path, expected):
     other check but holds other images or labels; only meta.json's checksum tells. A file meta.json does not list
     was not written by the `prepare` run that wrote meta.json (say, a beton left from an earlier run with FFCV)."""
     if expected is None:
-        raise UsageError(f"{path} is not listed in meta.json (another `fastsglr prepare` run wrote it): re-run "
-                         f"`fastsglr prepare`")
+        raise UsageError(
+            f"{path} is not listed in meta.json (another `fastsglr prepare` run wrote it): re-run `fastsglr prepare`"
+        )
     stat = os.stat(path)
     if _cached_sha256(path, stat.st_size, stat.st_mtime_ns) != expected:
-        raise UsageError(f"{path} does not match the checksum in meta.json (it was replaced or changed after "
-                         f"`fastsglr prepare` wrote it): re-run `fastsglr prepare`")
+        raise UsageError(
+            f"{path} does not match the checksum in meta.json (it was replaced or changed after "
+            f"`fastsglr prepare` wrote it): re-run `fastsglr prepare`"
+        )
 
 
 @functools.lru_cache(maxsize=16)

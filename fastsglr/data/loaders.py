@@ -8,6 +8,7 @@ Both visit samples in FFCV's epoch order (``default_rng(seed + epoch).permutatio
 distributed order, torch's DistributedSampler, which gives each rank a disjoint shard) and augment on the device
 with ``augment.flip_crop``. Images come out as float32 in [0, 1], channels-last; normalisation is in the model.
 """
+
 import contextlib
 from typing import NamedTuple
 
@@ -26,10 +27,10 @@ LOADER_KINDS = ("ffcv", "device")
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor        # (B, C, H, W) float32 in [0, 1], channels-last
-    labels: torch.Tensor        # (B,) int64: the training labels (noisy when label noise is on)
+    images: torch.Tensor  # (B, C, H, W) float32 in [0, 1], channels-last
+    labels: torch.Tensor  # (B,) int64: the training labels (noisy when label noise is on)
     clean_labels: torch.Tensor  # (B,) int64: the labels before corruption
-    index: torch.Tensor         # (B,) int64: each sample's row in per-sample tables (SGLR, TE)
+    index: torch.Tensor  # (B,) int64: each sample's row in per-sample tables (SGLR, TE)
 
 
 def train_steps(count: int, batch_size: int, world: World) -> int:
@@ -53,7 +54,7 @@ class _Loader:
         self.device, self.train, self.seed, self.world = torch.device(device), train, seed, world
         self.indices = np.arange(info.counts[split]) if indices is None else np.asarray(indices)
         if world.launched and not train:
-            self.indices = self.indices[world.rank::world.size]  # evaluation: a fixed shard per rank, no repeats
+            self.indices = self.indices[world.rank :: world.size]  # evaluation: a fixed shard per rank, no repeats
         self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0):
@@ -90,8 +91,9 @@ class _Loader:
         if not self.train:
             return self.indices
         if self.sharded:
-            sampler = DistributedSampler(self.indices, num_replicas=self.world.size, rank=self.world.rank,
-                                         shuffle=True, seed=self.seed)
+            sampler = DistributedSampler(
+                self.indices, num_replicas=self.world.size, rank=self.world.rank, shuffle=True, seed=self.seed
+            )
             sampler.set_epoch(epoch)
             return self.indices[np.fromiter(sampler, dtype=np.int64)]
         return np.random.default_rng(self.seed + epoch).permutation(self.indices)
@@ -119,7 +121,7 @@ class DeviceLoader(_Loader):
         epoch, start, generator = self._begin_epoch()
         order = torch.from_numpy(self._order(epoch).astype(np.int64)).to(self.device)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]  # a sample's index is its position
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]  # a sample's index is its position
             yield self._finish(self.images[idx], self.labels[idx], self.clean_labels[idx], idx, generator)
 
 
@@ -139,8 +141,9 @@ class FFCVLoader(_Loader):
     """FFCV streams the beton: it decodes and orders the records and copies them to the device in worker threads;
     we augment there. For data that does not fit on the device."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World(),
-                 num_workers=2):
+    def __init__(
+        self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World(), num_workers=2
+    ):
         super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
         require_ffcv()
         with _torch_threads_kept():
@@ -154,11 +157,20 @@ class FFCVLoader(_Loader):
         label = [IntDecoder(), ToTensor(), Squeeze(-1), *to_device()]
         with _torch_threads_kept():
             self.loader = Loader(
-                info.beton(split), batch_size=batch_size, num_workers=num_workers, seed=seed,
-                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, drop_last=train,
-                distributed=self.sharded, indices=self.indices,
-                pipelines={"image": [NDArrayDecoder(), ToTensor(), *to_device()], "label": label,
-                           "clean_label": list(label), "index": list(label)},
+                info.beton(split),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                seed=seed,
+                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+                drop_last=train,
+                distributed=self.sharded,
+                indices=self.indices,
+                pipelines={
+                    "image": [NDArrayDecoder(), ToTensor(), *to_device()],
+                    "label": label,
+                    "clean_label": list(label),
+                    "index": list(label),
+                },
             )
 
     def __iter__(self):
@@ -184,8 +196,10 @@ def read_labels(info: DataInfo, split) -> torch.Tensor:
     (labels,) = read_split(info, split, fields=("labels",))
     if len(labels) and not 0 <= labels.min() <= labels.max() < info.num_classes:
         bad = int(labels.max() if labels.max() >= info.num_classes else labels.min())
-        raise UsageError(f"{info.arrays(split)} holds label {bad} but {info.root}/meta.json names "
-                         f"{info.num_classes} classes: re-run `fastsglr prepare`")
+        raise UsageError(
+            f"{info.arrays(split)} holds label {bad} but {info.root}/meta.json names "
+            f"{info.num_classes} classes: re-run `fastsglr prepare`"
+        )
     return torch.from_numpy(labels)
 
 

@@ -13,6 +13,7 @@
   reads).
 - ``asymmetric``: in each source class, exactly round(rate * class size) samples flipped to the mapped class.
 """
+
 import numpy as np
 
 from ..errors import UsageError

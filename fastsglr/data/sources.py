@@ -11,6 +11,7 @@ label-noise step) sees the same `RawDataset`, whatever the source:
 
 Any problem with a file a user supplied is reported as a one-line `UsageError` naming the file and the fix.
 """
+
 import hashlib
 import importlib.resources
 import io
@@ -112,14 +113,30 @@ class _CifarRelease:
 
 _CIFAR = {
     "cifar10": _CifarRelease(
-        "cifar10", "CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-        "label_names", "labels", 10, "CIFAR10",
+        "cifar10",
+        "CIFAR-10",
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        "label_names",
+        "labels",
+        10,
+        "CIFAR10",
     ),
     "cifar100": _CifarRelease(
-        "cifar100", "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
-        ("train",), ("test",), "meta",
-        "fine_label_names", "fine_labels", 100, "CIFAR100",
+        "cifar100",
+        "CIFAR-100",
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        ("train",),
+        ("test",),
+        "meta",
+        "fine_label_names",
+        "fine_labels",
+        100,
+        "CIFAR100",
     ),
 }
 

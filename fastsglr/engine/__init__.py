@@ -1,5 +1,6 @@
 """Engines run the one training iteration (``iteration.train_step``): ``reference`` eagerly; ``fast`` compiled, in
 mixed precision and, on CUDA, channels-last and captured as a CUDA graph (``fast.py``)."""
+
 from ..distributed import World
 from ..errors import UsageError
 

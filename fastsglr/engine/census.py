@@ -11,6 +11,7 @@ needs input gradients only, so every attack step should hold one node per convol
 weight gradient. FLOPs use the formulas of ``torch.utils.flop_counter``; ``FlopCount`` counts the same formulas on
 an eager run (``bench/epochs_per_hour.py`` uses it for MFU).
 """
+
 import argparse
 import dataclasses
 from collections import Counter
@@ -45,6 +46,7 @@ class FlopCount(TorchDispatchMode):
 
 def graph_flops(graph_module) -> int:
     """The same formulas over an ATen FX graph, from the shapes its nodes carry (``meta["val"]``)."""
+
     def value(arg):
         return arg.meta["val"] if isinstance(arg, torch.fx.Node) else arg
 
@@ -59,12 +61,12 @@ def graph_flops(graph_module) -> int:
 
 @dataclasses.dataclass
 class Census:
-    graphs: int                 # graphs Dynamo compiled for one iteration
+    graphs: int  # graphs Dynamo compiled for one iteration
     graph_breaks: int
-    convolutions: int           # Conv2d modules of the model
-    conv_backward_masks: dict   # (input, weight, bias) output mask -> number of convolution_backward nodes
-    flops: int                  # of the compiled iteration (forward and backward graphs)
-    forward_flops: int          # of one eager forward of the batch
+    convolutions: int  # Conv2d modules of the model
+    conv_backward_masks: dict  # (input, weight, bias) output mask -> number of convolution_backward nodes
+    flops: int  # of the compiled iteration (forward and backward graphs)
+    forward_flops: int  # of one eager forward of the batch
 
     @property
     def forward_equivalents(self) -> float:
@@ -73,9 +75,11 @@ class Census:
 
     def lines(self) -> list:
         masks = ", ".join(f"{list(mask)} x {n}" for mask, n in sorted(self.conv_backward_masks.items(), reverse=True))
-        return [f"graphs {self.graphs}, graph breaks {self.graph_breaks}, convolutions {self.convolutions}",
-                f"convolution_backward nodes by output mask [input, weight, bias]: {masks}",
-                f"{self.flops / 1e9:.3f} GFLOP per iteration = {self.forward_equivalents:.2f} forward-equivalents"]
+        return [
+            f"graphs {self.graphs}, graph breaks {self.graph_breaks}, convolutions {self.convolutions}",
+            f"convolution_backward nodes by output mask [input, weight, bias]: {masks}",
+            f"{self.flops / 1e9:.3f} GFLOP per iteration = {self.forward_equivalents:.2f} forward-equivalents",
+        ]
 
 
 def take_census(cfg: Config, *, num_classes=10, in_channels=3, image_size=32, seed=0) -> Census:
@@ -106,16 +110,25 @@ def take_census(cfg: Config, *, num_classes=10, in_channels=3, image_size=32, se
 
     torch._dynamo.reset()
     counters.clear()
-    engine.train_fn = CompiledWhole(engine._train_iteration,
-                                    backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    engine.train_fn = CompiledWhole(
+        engine._train_iteration, backend=aot_autograd(fw_compiler=record, bw_compiler=record)
+    )
     model.train()
     engine.step(batch, TrainMeter("cpu"), 0)
-    masks = Counter(tuple(node.args[-1]) for gm in graphs for node in gm.graph.nodes
-                    if node.target is torch.ops.aten.convolution_backward.default)
-    return Census(graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(counters["graph_break"].values()),
-                  convolutions=sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()),
-                  conv_backward_masks=dict(masks), flops=sum(graph_flops(gm) for gm in graphs),
-                  forward_flops=forward.total)
+    masks = Counter(
+        tuple(node.args[-1])
+        for gm in graphs
+        for node in gm.graph.nodes
+        if node.target is torch.ops.aten.convolution_backward.default
+    )
+    return Census(
+        graphs=counters["stats"]["unique_graphs"],
+        graph_breaks=sum(counters["graph_break"].values()),
+        convolutions=sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()),
+        conv_backward_masks=dict(masks),
+        flops=sum(graph_flops(gm) for gm in graphs),
+        forward_flops=forward.total,
+    )
 
 
 def main(argv=None):
@@ -127,11 +140,19 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2, help="attack steps")
     parser.add_argument("--batch-size", type=int, default=2)
     args = parser.parse_args(argv)
-    cfg = Config(model=args.model, method=args.method, labels=args.labels, attack_bn_mode=args.attack_bn_mode,
-                 attack_steps=args.steps, batch_size=args.batch_size)
+    cfg = Config(
+        model=args.model,
+        method=args.method,
+        labels=args.labels,
+        attack_bn_mode=args.attack_bn_mode,
+        attack_steps=args.steps,
+        batch_size=args.batch_size,
+    )
     census = take_census(cfg)
-    print(f"torch {torch.__version__}: {args.model}, {args.method} + {args.labels}, PGD-{args.steps}, "
-          f"attack BN mode {args.attack_bn_mode}, batch {args.batch_size}")
+    print(
+        f"torch {torch.__version__}: {args.model}, {args.method} + {args.labels}, PGD-{args.steps}, "
+        f"attack BN mode {args.attack_bn_mode}, batch {args.batch_size}"
+    )
     print("\n".join(census.lines()))
 
 

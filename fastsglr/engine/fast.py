@@ -23,6 +23,7 @@ inside the iteration exactly as in the reference: same ops, same order, and rand
 (``fallback_random``), so compiled runs draw the numbers eager runs draw. The one host-side switch of a label
 strategy, ``needs_clean_logits`` (SGLR's end of warm-up), selects the graph: one is captured for each value.
 """
+
 import dataclasses
 import warnings
 from collections import Counter
@@ -57,8 +58,13 @@ class FastOptions:
         """Everything on for CUDA, bf16 unless another precision is named; on a CPU: compiled, fp32 unless named
         (NHWC and graphs are GPU tricks)."""
         cuda = torch.device(device).type == "cuda"
-        return cls(precision=precision or ("bf16" if cuda else "fp32"), channels_last=cuda, compile=True, fused=True,
-                   cuda_graph=cuda)
+        return cls(
+            precision=precision or ("bf16" if cuda else "fp32"),
+            channels_last=cuda,
+            compile=True,
+            fused=True,
+            cuda_graph=cuda,
+        )
 
 
 class SGDUpdate:
@@ -174,15 +180,19 @@ class CompiledWhole:
         try:
             return self.compiled(*args)
         except torch._dynamo.exc.FailOnRecompileLimitHit as exc:  # raised before anything ran
-            warnings.warn(f"torch.compile reached its recompile limit on {self.fn.__name__} "
-                          f"({str(exc).splitlines()[0]}); running it eagerly from now on")
+            warnings.warn(
+                f"torch.compile reached its recompile limit on {self.fn.__name__} "
+                f"({str(exc).splitlines()[0]}); running it eagerly from now on"
+            )
             self.compiled = self.fn
             return self.compiled(*args)
         except torch._dynamo.exc.Unsupported as exc:  # raised while tracing, before anything ran
             if not self.fullgraph:
                 raise
-            warnings.warn(f"torch {torch.__version__} cannot compile {self.fn.__name__} as one graph "
-                          f"({str(exc).splitlines()[0]}); compiling it with graph breaks")
+            warnings.warn(
+                f"torch {torch.__version__} cannot compile {self.fn.__name__} as one graph "
+                f"({str(exc).splitlines()[0]}); compiling it with graph breaks"
+            )
             self.fullgraph = False
             self.compiled = self._compile()
             return self.compiled(*args)
@@ -204,8 +214,9 @@ class FastEngine:
             # and the iteration around it runs eagerly, uncaptured.
             self.options = dataclasses.replace(self.options, compile=False, cuda_graph=False)
         if self.options.precision not in AUTOCAST_DTYPES:
-            raise UsageError(f"unknown precision '{self.options.precision}': choose one of "
-                             f"{', '.join(AUTOCAST_DTYPES)}")
+            raise UsageError(
+                f"unknown precision '{self.options.precision}': choose one of {', '.join(AUTOCAST_DTYPES)}"
+            )
         if self.options.cuda_graph and (self.device.type != "cuda" or not self.options.compile):
             raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
         if self.options.channels_last:
@@ -236,12 +247,32 @@ class FastEngine:
     # ---- the two functions that get compiled and captured ------------------------------------------------------
 
     def _train_iteration(self):
-        return train_step(self.model, self.optimizer, self.strategy, self.objective, self.inputs, self.meter,
-                          self.step_index, ops=self.ops, autocast_dtype=self.autocast_dtype, scaler=self.scaler)
+        return train_step(
+            self.model,
+            self.optimizer,
+            self.strategy,
+            self.objective,
+            self.inputs,
+            self.meter,
+            self.step_index,
+            ops=self.ops,
+            autocast_dtype=self.autocast_dtype,
+            scaler=self.scaler,
+        )
 
     def _eval_batch(self, images, labels, steps):
-        eval_step(unwrap(self.model), images, labels, self.clean, self.adv, eps=self.eval_eps,
-                  step_size=self.eval_step_size, steps=steps, ops=self.ops, autocast_dtype=self.autocast_dtype)
+        eval_step(
+            unwrap(self.model),
+            images,
+            labels,
+            self.clean,
+            self.adv,
+            eps=self.eval_eps,
+            step_size=self.eval_step_size,
+            steps=steps,
+            ops=self.ops,
+            autocast_dtype=self.autocast_dtype,
+        )
 
     # ---- training ----------------------------------------------------------------------------------------------
 
@@ -264,8 +295,9 @@ class FastEngine:
         return loss
 
     def _static_like(self, batch):
-        images = torch.empty_like(batch.images, memory_format=torch.channels_last if self.options.channels_last
-                                  else torch.preserve_format)
+        images = torch.empty_like(
+            batch.images, memory_format=torch.channels_last if self.options.channels_last else torch.preserve_format
+        )
         return Batch(images, *(torch.empty_like(t) for t in batch[1:]))
 
     def _run(self, fn, key):
@@ -316,6 +348,7 @@ class FastEngine:
                     continue
                 self.eval_inputs.images.copy_(batch.images, non_blocking=True)
                 self.eval_inputs.labels.copy_(batch.labels, non_blocking=True)
-                self._run(lambda: self.eval_fn(self.eval_inputs.images, self.eval_inputs.labels, steps),
-                          key=("eval", steps))
+                self._run(
+                    lambda: self.eval_fn(self.eval_inputs.images, self.eval_inputs.labels, steps), key=("eval", steps)
+                )
         return evaluation_row(self.clean, self.adv)

@@ -4,6 +4,7 @@ Both engines run exactly this; they differ only in how (eager fp32, or compiled 
 It never syncs with the host: metrics go into the meter's device accumulators. ``eval_step`` is the same for one
 batch of the per-epoch test evaluation. Both call the ops of the op set ``ops`` their engine was built with.
 """
+
 import torch
 
 from fastsglr.kernels import PLAIN_OPS
@@ -24,8 +25,9 @@ def _autocast(x, dtype):
     return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
-def train_step(model, optimizer, strategy, objective, batch, meter, step, *, ops=PLAIN_OPS, autocast_dtype=None,
-               scaler=None):
+def train_step(
+    model, optimizer, strategy, objective, batch, meter, step, *, ops=PLAIN_OPS, autocast_dtype=None, scaler=None
+):
     """One iteration on ``batch`` with the ``objectives.Objective`` ``objective``; returns the (detached) loss.
 
     ``autocast_dtype`` (bf16 / fp16) runs the forwards under autocast; backward and update stay outside it.
@@ -33,8 +35,9 @@ def train_step(model, optimizer, strategy, objective, batch, meter, step, *, ops
     unscaled before their norm and the update, which is skipped when they overflowed.
     """
     with _autocast(batch.images, autocast_dtype):
-        loss, logits_adv, logits_clean, awp_diff = objective_loss(model, batch.images, batch.labels, batch.index,
-                                                                  strategy, objective, ops)
+        loss, logits_adv, logits_clean, awp_diff = objective_loss(
+            model, batch.images, batch.labels, batch.index, strategy, objective, ops
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()

@@ -1,5 +1,6 @@
 """The reference engine: the training iteration run eagerly, in fp32, exactly as written, with the plain PyTorch
 definitions of the fused ops (``PLAIN_OPS``) on every device. The baseline."""
+
 from fastsglr.kernels import PLAIN_OPS
 
 from .. import evaluation
@@ -22,5 +23,6 @@ class ReferenceEngine:
 
     def evaluate(self, loader, *, eps, step_size, steps):
         device = next(self.model.parameters()).device
-        return evaluation.evaluate(unwrap(self.model), loader, eps=eps, step_size=step_size, steps=steps,
-                                   device=device, ops=self.ops)
+        return evaluation.evaluate(
+            unwrap(self.model), loader, eps=eps, step_size=step_size, steps=steps, device=device, ops=self.ops
+        )

@@ -1,8 +1,9 @@
 """Model zoo. Every model takes inputs in [0, 1] and normalises them in its first layer.
 
-    model = build_model("preactresnet18", num_classes=10, in_channels=3, image_size=32,
-                        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+model = build_model("preactresnet18", num_classes=10, in_channels=3, image_size=32,
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
 """
+
 from collections.abc import Sequence
 
 from torch import nn
@@ -44,9 +45,7 @@ def build_model(
     mean = (0.0,) * in_channels if mean is None else tuple(mean)
     std = (1.0,) * in_channels if std is None else tuple(std)
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(
-            f"mean and std need in_channels={in_channels} entries, got {len(mean)} and {len(std)}"
-        )
+        raise ValueError(f"mean and std need in_channels={in_channels} entries, got {len(mean)} and {len(std)}")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
 
 

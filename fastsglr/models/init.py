@@ -1,4 +1,5 @@
 """The conv initialisation the published CIFAR robustness code bases share (SGLS's ResNet, TRADES' WideResNet)."""
+
 import math
 
 from torch import nn

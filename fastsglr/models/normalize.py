@@ -4,6 +4,7 @@ Keeping ``(x - mean) / std`` inside the network means attacks, data loaders and
 checkpoints all work in [0, 1] pixel space, and the constants follow the model
 through ``.to(device)``, ``channels_last`` and ``torch.compile`` as buffers.
 """
+
 from collections.abc import Sequence
 
 import torch

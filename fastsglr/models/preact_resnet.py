@@ -1,6 +1,7 @@
 """PreAct ResNet-18 as in Rice, Wong & Kolter 2020, "Overfitting in adversarially robust
 deep learning" (github.com/locuslab/robust_overfitting, preactresnet.py), itself He et al.
 2016, "Identity Mappings in Deep Residual Networks"."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -9,6 +9,7 @@ with ``ARCH=resnet18``): kuangliu's blocks, with every conv weight drawn from N(
 is the same class there. ResNet-50, the other Table B.3 source, is not in that repository; it is this class with
 kuangliu's Bottleneck, initialised the same way. The authors feed raw [0, 1] inputs; whether a model normalises
 its inputs is the caller's choice (``mean``/``std``, see ``fastsglr.models.build_model``)."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn

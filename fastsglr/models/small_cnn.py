@@ -1,5 +1,6 @@
 """A small conv net for CPU demos and tests (not from a paper): three conv-BN-ReLU stages,
 two 2x2 max-pools and a global average pool, about 0.1 M parameters."""
+
 import torch
 from torch import nn
 

@@ -1,12 +1,14 @@
 """WideResNet-34-10 / 28-10 as used by TRADES (github.com/yaodongyu/TRADES, models/wideresnet.py)
 and Madry et al.'s CIFAR challenge; Zagoruyko & Komodakis 2016, "Wide Residual Networks".
 Pre-activation blocks, dropout 0."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .init import he_normal_convs_
 from .normalize import Normalize
+
 # TRADES' wide block is the pre-activation block (projection of the pre-activated input), only wider.
 from .preact_resnet import PreActBlock as WideBlock
 

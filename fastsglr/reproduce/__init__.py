@@ -34,6 +34,7 @@ OUT holds ``runs/<data set>/<run>/`` (trainer run directories, plus cached evalu
 runs (summary.json) are skipped, interrupted ones (last.pt) resume, and an evaluation is reused while the
 checkpoint's hash and the attack settings are unchanged. Tables given the same OUT share identical runs.
 """
+
 import dataclasses
 import json
 import os
@@ -65,8 +66,23 @@ def _figures(name, results, out, wrong_rates, panels) -> list:
     return paths
 
 
-def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, settings=STANDARD, checks=True,
-              device=None, engine=None, precision=None, model=None, sglr=None, log=print) -> dict:
+def reproduce(
+    table,
+    data,
+    out,
+    *,
+    epochs=None,
+    eval_subset=None,
+    root=None,
+    settings=STANDARD,
+    checks=True,
+    device=None,
+    engine=None,
+    precision=None,
+    model=None,
+    sglr=None,
+    log=print,
+) -> dict:
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` and ``precision`` None:
     the config's defaults for the device; ``model`` None: ResNet-18 or the table's own network (the demo preset's
@@ -76,17 +92,30 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
     if sglr is not None and table not in SGLR_TABLES:
-        raise UsageError(f"--sglr applies to {', '.join(SGLR_TABLES[:-1])} and {SGLR_TABLES[-1]} only ({table} has "
-                         f"no SGLR variants): drop --sglr")
+        raise UsageError(
+            f"--sglr applies to {', '.join(SGLR_TABLES[:-1])} and {SGLR_TABLES[-1]} only ({table} has "
+            f"no SGLR variants): drop --sglr"
+        )
     for flag, value in (("epochs", epochs), ("eval-subset", eval_subset)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
     spec = TABLES[table](sglr or "both") if table in SGLR_TABLES else TABLES[table]()
     device = resolve_device(device).type
     infos = _data_for(spec.sources + spec.runs, data)
-    base_cfgs = {ds: validate(_base_config(info, epochs=epochs, eval_subset=eval_subset, device=device,
-                                           engine=engine, precision=precision, model=model))
-                 for ds, info in infos.items()}  # validated before anything is written: a bad --model stops here
+    base_cfgs = {
+        ds: validate(
+            _base_config(
+                info,
+                epochs=epochs,
+                eval_subset=eval_subset,
+                device=device,
+                engine=engine,
+                precision=precision,
+                model=model,
+            )
+        )
+        for ds, info in infos.items()
+    }  # validated before anything is written: a bad --model stops here
     check_output_dir(out, "tables")
     wrong_rates = {}
 
@@ -94,8 +123,13 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
         if run.noise:
             wrong_rates[run.noise] = info.noise["realised_rate"]
-        cfg = _run_config(dataclasses.replace(base_cfgs[run.dataset], data=os.path.abspath(info.root)), info, run, out,
-                          _network(spec, infos[run.dataset], model))
+        cfg = _run_config(
+            dataclasses.replace(base_cfgs[run.dataset], data=os.path.abspath(info.root)),
+            info,
+            run,
+            out,
+            _network(spec, infos[run.dataset], model),
+        )
         _train_or_resume(cfg, log)
         return cfg
 
@@ -104,28 +138,60 @@ def reproduce(table, data, out, *, epochs=None, eval_subset=None, root=None, set
     for run in spec.runs:
         cfg = trained(run)
         source = sources[run.source] if run.source else None
-        evals = {which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log, source)
-                 for which in spec.checkpoints}
+        evals = {
+            which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log, source)
+            for which in spec.checkpoints
+        }
         with open(os.path.join(cfg.out, "config.json")) as f:
             trained_config = json.load(f)
         results.append((run, Measured(cfg.out, read_history(cfg.out), evals, trained_config)))
 
     blocks = spec.blocks(results)
-    notes = _notes(spec, infos, base_cfgs, epochs=epochs, eval_subset=eval_subset, settings=settings, checks=checks,
-                   results=results, wrong_rates=wrong_rates, model=model)
+    notes = _notes(
+        spec,
+        infos,
+        base_cfgs,
+        epochs=epochs,
+        eval_subset=eval_subset,
+        settings=settings,
+        checks=checks,
+        results=results,
+        wrong_rates=wrong_rates,
+        model=model,
+    )
     markdown = render(spec.title, blocks, infos, notes)
     with atomic_file(os.path.join(out, f"{table}.md"), "w") as f:
         f.write(markdown)
     report = {
-        "table": table, "title": spec.title, "notes": notes,
+        "table": table,
+        "title": spec.title,
+        "notes": notes,
         "figures": _figures(table, results, out, wrong_rates, spec.panels),
-        "blocks": [{"dataset": b.dataset, "heading": _block_heading(b, infos), "columns": b.columns,
-                    "rows": [{"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
-                             for label, cells in b.rows]} for b in blocks],
-        "runs": [{"dataset": run.dataset, "row": run.row, "column": run.column, "noise": run.noise,
-                  "run_dir": m.run_dir, "engine": m.config.get("engine"), "precision": m.config.get("precision"),
-                  **({"source": sources[run.source]} if run.source else {})}
-                 for run, m in results],
+        "blocks": [
+            {
+                "dataset": b.dataset,
+                "heading": _block_heading(b, infos),
+                "columns": b.columns,
+                "rows": [
+                    {"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
+                    for label, cells in b.rows
+                ],
+            }
+            for b in blocks
+        ],
+        "runs": [
+            {
+                "dataset": run.dataset,
+                "row": run.row,
+                "column": run.column,
+                "noise": run.noise,
+                "run_dir": m.run_dir,
+                "engine": m.config.get("engine"),
+                "precision": m.config.get("precision"),
+                **({"source": sources[run.source]} if run.source else {}),
+            }
+            for run, m in results
+        ],
         "sources": sources,
     }
     write_json(os.path.join(out, f"{table}.json"), report)

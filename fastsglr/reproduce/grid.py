@@ -1,4 +1,5 @@
 """Running a table's grid: each run's config and directory, train-or-resume, and the cached evaluations."""
+
 import contextlib
 import dataclasses
 import hashlib
@@ -54,8 +55,11 @@ def _run_config(base: Config, info, run: Run, out, network=None) -> Config:
         overrides["sglr_warmup"] = round(overrides["sglr_warmup"] * base.epochs / PAPER_EPOCHS)
     cfg = dataclasses.replace(base, **overrides)
     base_fields = base.to_dict()
-    extra = [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(cfg.to_dict().items())
-             if k not in ("method", "labels") and v != base_fields[k]]
+    extra = [
+        f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+        for k, v in sorted(cfg.to_dict().items())
+        if k not in ("method", "labels") and v != base_fields[k]
+    ]
     data_key = info.dataset + (f"-{info.noise['type']}{info.noise['rate']:g}" if info.noise["rate"] else "")
     name = "_".join([cfg.method, cfg.labels, *extra])
     return validate(dataclasses.replace(cfg, out=os.path.join(out, "runs", data_key, name)))
@@ -89,15 +93,33 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None
     checkpoint transfer attacks craft their examples on."""
     path = os.path.join(cfg.out, f"{which}.pt")
     # The report format is part of the key: a report of an older format means other numbers, not a cache hit.
-    request = {"format": REPORT_FORMAT, "checkpoint": sha256(path), "attacks": list(attacks), "n": n, "eps": cfg.eps,
-               "checks": checks, "settings": dataclasses.asdict(settings), "source": source and sha256(source)}
+    request = {
+        "format": REPORT_FORMAT,
+        "checkpoint": sha256(path),
+        "attacks": list(attacks),
+        "n": n,
+        "eps": cfg.eps,
+        "checks": checks,
+        "settings": dataclasses.asdict(settings),
+        "source": source and sha256(source),
+    }
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
     cache = os.path.join(cfg.out, f"eval_{key}.json")
     if os.path.isfile(cache):
         with open(cache) as f:
             with contextlib.suppress(ValueError):  # a damaged cache is evaluated again
                 return json.load(f)
-    report = evaluate_checkpoint(path, data=cfg.data, attacks=attacks, n=n, eps=cfg.eps, checks=checks, source=source,
-                                 device=cfg.device, settings=settings, log=log)
+    report = evaluate_checkpoint(
+        path,
+        data=cfg.data,
+        attacks=attacks,
+        n=n,
+        eps=cfg.eps,
+        checks=checks,
+        source=source,
+        device=cfg.device,
+        settings=settings,
+        log=log,
+    )
     write_json(cache, report)
     return report
