@@ -152,6 +152,15 @@ def _runs(dataset, row, labels, sglr, paper_numbers, **overrides) -> tuple:
     )
 
 
+def _cifar10_pgd_at_runs(rows, numbers, sglr) -> tuple:
+    """The runs of PGD-AT rows (label, label strategy) on CIFAR-10, beside the paper's ``numbers`` of each row."""
+    return tuple(
+        run
+        for row, labels in rows
+        for run in _runs("cifar10", row, labels, sglr, numbers["cifar10"][row], method="pgd-at")
+    )
+
+
 def _sglr_note(sglr) -> tuple:
     shown = {
         "paper": "(paper): r 0.2, T 1.5, no warm-up (Sec. 4, Table 4's best)",
@@ -173,11 +182,7 @@ _TE_NOTE = (
 
 def _table2(sglr="both"):
     rows = (("PGD-AT", "hard"), ("PGD-AT+LS", "ls"), ("PGD-AT+TE", "te"), ("PGD-AT+SGLR", "sglr"))
-    runs = tuple(
-        run
-        for row, labels in rows
-        for run in _runs("cifar10", row, labels, sglr, paper.TABLE2["cifar10"][row], method="pgd-at")
-    )
+    runs = _cifar10_pgd_at_runs(rows, paper.TABLE2, sglr)
     return Table(
         "Table 2: PGD-AT with hard labels, label smoothing (r 0.2), temporal ensembling and SGLR",
         runs,
@@ -349,11 +354,7 @@ WRN_NETWORK = (("input_norm", "none"), ("model", "wrn34_10"))
 
 def _wrn(sglr="both"):
     rows = (("AT", "hard"), ("AT+SGLR", "sglr"))
-    runs = tuple(
-        run
-        for row, labels in rows
-        for run in _runs("cifar10", row, labels, sglr, paper.TABLE_B4["cifar10"][row], method="pgd-at")
-    )
+    runs = _cifar10_pgd_at_runs(rows, paper.TABLE_B4, sglr)
     return Table(
         "Table B.4: PGD-AT and PGD-AT+SGLR on a large network (WRN-34-10)",
         runs,
