@@ -5,11 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := pkg-config libopencv-dev libturbojpeg0-dev
 # The GPU box's torch (2.11, with triton 3.6) and no FFCV, as there: `make test` runs the fast engine's, the graph
-# census' and the kernels' tests under it too. The PyPI wheel is a CUDA build that runs on a CPU-only machine.
+# census', AWP's and the kernels' tests under it too. The PyPI wheel is a CUDA build that runs on a CPU-only machine.
 VENV211  := .venv-torch211
 STAMP211 := $(VENV211)/.installed
 TESTDEPS := $(shell grep -E '^(numpy|scikit-learn|tqdm|pytest|pytest-benchmark)==' constraints.txt)
-TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_kernels.py tests/test_kernels_aot.py
+TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_awp.py tests/test_kernels.py tests/test_kernels_aot.py
 
 .PHONY: setup setup-torch211 demo test bench-quick clean
 
