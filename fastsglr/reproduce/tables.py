@@ -192,7 +192,8 @@ def _table2(sglr="both"):
         notes=_sglr_note(sglr)
         + (
             _TE_NOTE,
-            "AWP, KD-AT and KD-SWA, the paper's other rows, are not implemented yet: absent here.",
+            "AWP, KD-AT and KD-SWA, the paper's other rows, are absent here: AWP is a training option "
+            "(--awp-gamma) not yet in this grid; KD-AT and KD-SWA are not implemented.",
         ),
     )
 
