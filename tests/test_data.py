@@ -23,11 +23,11 @@ from fastsglr.errors import UsageError
 needs_ffcv = pytest.mark.skipif(not ffcv_available(), reason="needs ffcv (the streaming loader)")
 
 
-def _variants(image_chw, padding):
-    """Every image flip_crop can produce from one image: 2 flips x (2p+1)^2 crop offsets."""
+def _variants(image_chw, padding, horizontal_flip=True):
+    """Every image flip_crop can produce from one image: (2 flips or none) x (2p+1)^2 crop offsets."""
     C, H, W = image_chw.shape
     out = []
-    for flipped in (image_chw, image_chw.flip(2)):
+    for flipped in (image_chw, image_chw.flip(2)) if horizontal_flip else (image_chw,):
         padded = torch.nn.functional.pad(flipped, (padding,) * 4)
         out += [padded[:, dy : dy + H, dx : dx + W] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
     return torch.stack(out)
@@ -42,7 +42,7 @@ def test_flip_crop_hand_made_image():
         torch.randint(0, 3, (1,), generator=g),
         torch.randint(0, 3, (1,), generator=g),
     )
-    out = flip_crop(image, 1, epoch_generator(0, 0, "cpu"))[0, 0]
+    out = flip_crop(image, 1, True, epoch_generator(0, 0, "cpu"))[0, 0]
     src = image[0, 0].flip(1) if flip else image[0, 0]
     expected = torch.zeros(5, 6, dtype=torch.uint8)
     expected[1:4, 1:5] = src
@@ -53,10 +53,26 @@ def test_flip_crop_hand_made_image():
     assert padded[0:3, 0:4].tolist() == [[0, 0, 0, 0], [0, 4, 3, 2], [0, 8, 7, 6]]
 
 
+def test_flip_crop_without_flip_crops_the_same_place_unflipped():
+    # Images that are not mirror-symmetric in every row, so a flip would show; one seed gives the same crop offsets.
+    images = torch.randint(0, 256, (64, 1, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    with_flip = flip_crop(images, 2, True, epoch_generator(1, 2, "cpu"))
+    without = flip_crop(images, 2, False, epoch_generator(1, 2, "cpu"))
+    unflipped_by_hand = flip_crop(images.flip(3), 2, True, epoch_generator(1, 2, "cpu"))
+    g = epoch_generator(1, 2, "cpu")
+    flipped = torch.rand(64, generator=g) < 0.5
+    assert 10 < int(flipped.sum()) < 54
+    # Where the flip was drawn, with_flip = crop(flip(x)) and the same crop of flip(flip(x)) = x is `without`.
+    assert torch.equal(without[flipped], unflipped_by_hand[flipped])
+    assert torch.equal(without[~flipped], with_flip[~flipped])
+    assert not torch.equal(without[flipped], with_flip[flipped])
+
+
 def test_prepare_digits_reads_back_pixel_exact(digits_dir):
     info = read_data_dir(digits_dir)
     raw = load_raw("digits")
     assert info.image_shape == (8, 8, 1) and info.num_classes == 10 and info.crop_padding == 1
+    assert info.horizontal_flip is False
     for split, part in (("train", raw.train), ("test", raw.test)):
         images, labels, clean = read_split(info, split)
         assert np.array_equal(images, part.images)
@@ -116,7 +132,8 @@ def test_train_loader_visits_every_index_once_and_augments(noisy_digits_dir, kin
             assert np.array_equal(batch.clean_labels.numpy(), clean[idx])
             for img, i in zip(batch.images[:8], idx[:8]):
                 original = torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255
-                assert (_variants(original, 1) == img).all(dim=(1, 2, 3)).any(), "not a flip/crop of its source"
+                crops = _variants(original, 1, horizontal_flip=False)  # digits: a mirrored digit is another shape
+                assert (crops == img).all(dim=(1, 2, 3)).any(), "not an unflipped crop of its source"
             seen.append(idx)
         seen = np.concatenate(seen)
         assert len(seen) == len(loader) * 64 == (len(labels) // 64) * 64  # drop_last
@@ -245,7 +262,7 @@ def test_prepare_fake_cifar_reads_back_pixel_exact(tmp_path, dataset, packed):
         == 0
     )
     info = read_data_dir(str(out))
-    assert info.image_shape == (32, 32, 3) and info.crop_padding == 4
+    assert info.image_shape == (32, 32, 3) and info.crop_padding == 4 and info.horizontal_flip is True
     assert info.num_classes == (10 if dataset == "cifar10" else 100)
     for split in ("train", "test"):
         images, labels, clean = read_split(info, split)

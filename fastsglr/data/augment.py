@@ -28,15 +28,18 @@ def draw_flip_crop(batch_size: int, padding: int, generator: torch.Generator):
     return flip, dy, dx
 
 
-def flip_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip, then a random crop of the zero-padded image (torchvision's RandomCrop(padding)).
+def flip_crop(images: torch.Tensor, padding: int, horizontal_flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (where the data set allows it), then a random crop of the zero-padded image
+    (torchvision's RandomCrop(padding)).
 
-    images: (B, C, H, W) in any dtype and layout. Every random draw comes from ``generator``.
+    images: (B, C, H, W) in any dtype and layout. Every random draw comes from ``generator``; the flip is drawn even
+    when not applied, so one seed gives the same crops with and without flipping.
     """
     B, C, H, W = images.shape
     dev = images.device
     flip, dy, dx = draw_flip_crop(B, padding, generator)
-    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    if horizontal_flip:
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
     if padding == 0:
         return images
     padded = F.pad(images, (padding, padding, padding, padding))

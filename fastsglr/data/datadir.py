@@ -35,6 +35,7 @@ class DataInfo:
     mean: tuple  # per-channel, in [0, 1] units, of the training images
     std: tuple
     crop_padding: int  # zero padding of the training random crop (4 for 32 x 32 images)
+    horizontal_flip: bool  # whether training flips images left-right (not digits: a mirrored 7 is no 7)
     noise: dict
     checksums: dict = field(default_factory=dict)  # file name -> sha256, as checked against the files on reading
 
@@ -77,6 +78,7 @@ def read_data_dir(root, loader="device") -> DataInfo:
             mean=tuple(meta["mean"]),
             std=tuple(meta["std"]),
             crop_padding=int(meta["crop_padding"]),
+            horizontal_flip=meta["horizontal_flip"],
             noise=dict(meta["noise"]),
             checksums=dict(meta.get("checksums", {})),
         )
@@ -107,6 +109,8 @@ def _check_meta(info: DataInfo, meta):
         raise ValueError(f"mean/std of {len(info.mean)}/{len(info.std)} channels for {channels}-channel images")
     if not all(math.isfinite(m) for m in info.mean) or not all(math.isfinite(s) and s > 0 for s in info.std):
         raise ValueError(f"mean {info.mean} / std {info.std}: finite numbers, std above 0")
+    if not isinstance(info.horizontal_flip, bool):
+        raise ValueError(f"horizontal_flip {info.horizontal_flip!r}: true or false")
     if not 0 <= info.crop_padding <= info.image_size:
         raise ValueError(f"crop_padding {info.crop_padding} for {info.image_size}-pixel images")
 

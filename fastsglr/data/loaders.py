@@ -101,7 +101,7 @@ class _Loader:
     def _finish(self, images_nhwc, labels, clean_labels, index, generator):
         images = images_nhwc.permute(0, 3, 1, 2)  # an NHWC buffer viewed as NCHW is channels-last already
         if self.train:
-            images = flip_crop(images, self.info.crop_padding, generator)
+            images = flip_crop(images, self.info.crop_padding, self.info.horizontal_flip, generator)
         images = images.to(torch.float32).div_(255).contiguous(memory_format=torch.channels_last)
         return Batch(images, labels.long(), clean_labels.long(), index.long())
 

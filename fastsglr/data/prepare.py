@@ -73,6 +73,7 @@ def prepare(
         "std": std,
         # 4 pixels for 32 x 32 images (the CIFAR standard), scaled down for smaller images.
         "crop_padding": max(1, height // 8),
+        "horizontal_flip": raw.horizontal_flip,
         # realised_rate: the share of training labels that differ from the clean ones (the wrong-label rate).
         "noise": {
             "type": noise_type if label_noise else "none",

@@ -44,6 +44,9 @@ class RawDataset:
     test: Split
     superclass: np.ndarray | None  # CIFAR-100 only: int64 (100,), fine label -> coarse label
     source_files: dict[str, str]  # file name -> sha256 of the raw files read; {} for generated data
+    # Whether a mirrored image still shows its class, so training may flip it: CIFAR's objects and the synthetic
+    # colour patterns yes, handwritten digits no (a mirrored 2, 3, 4, 5, 7 or 9 is not that digit).
+    horizontal_flip: bool = True
 
 
 def load_raw(
@@ -386,6 +389,7 @@ def _load_digits() -> RawDataset:
         test=Split(images[test], labels[test]),
         superclass=None,
         source_files=_digits_checksum(),
+        horizontal_flip=False,
     )
 
 
