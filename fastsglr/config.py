@@ -22,6 +22,7 @@ ENGINES = ("reference", "fast")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOADERS = ("ffcv", "device")
 INPUT_NORMS = ("data", "none")
+AUGMENTATIONS = ("flip-crop", "none")
 DEVICES = ("cpu", "cuda")
 # Seeds reach torch, numpy and FFCV (which derive per-epoch seeds from them); 31 bits fit every one of them.
 SEED_MAX = 2**31 - 1
@@ -71,6 +72,14 @@ class Config:
         "none: raw [0, 1] inputs, as the authors' SGLS code and TRADES",
         choices=INPUT_NORMS,
         noun="input normalisation",
+    )
+    augment: str = option(
+        "flip-crop",
+        "training augmentation: flip-crop (a random horizontal flip where the data set allows it, then a random crop "
+        "of the zero-padded image) or none (the training images as they are: more robust overfitting and label "
+        "memorisation, which the digits stand-in needs)",
+        choices=AUGMENTATIONS,
+        noun="augmentation",
     )
     loader: str = option(
         "",

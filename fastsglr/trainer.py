@@ -201,7 +201,9 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     strategy = build_label_strategy(cfg, train_labels.to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
     engine = build_engine(model, optimizer, strategy, cfg, world)
-    train_loader = make_loader(cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world)
+    train_loader = make_loader(
+        cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world, augment=cfg.augment
+    )
     test_loader = make_loader(
         cfg.loader,
         info,

@@ -15,7 +15,7 @@ from fastsglr.data.arrays import read_arrays, write_arrays
 from fastsglr.data.augment import epoch_generator, flip_crop
 from fastsglr.data.beton import ffcv_available
 from fastsglr.data.datadir import read_data_dir
-from fastsglr.data.loaders import DeviceLoader, FFCVLoader, eval_subset_indices, read_split
+from fastsglr.data.loaders import DeviceLoader, FFCVLoader, eval_subset_indices, make_loader, read_split
 from fastsglr.data.noise import corrupt_labels
 from fastsglr.data.sources import load_raw
 from fastsglr.errors import UsageError
@@ -140,6 +140,22 @@ def test_train_loader_visits_every_index_once_and_augments(noisy_digits_dir, kin
         assert len(np.unique(seen)) == len(seen)
         orders.append(seen)
     assert not np.array_equal(orders[0], orders[1]), "each epoch reshuffles"
+
+
+@pytest.mark.parametrize("kind", [pytest.param("ffcv", marks=needs_ffcv), "device"])
+def test_train_loader_without_augmentation_yields_the_stored_images_in_the_same_order(digits_dir, kind):
+    info = read_data_dir(digits_dir, loader=kind)
+    images, _, _ = read_split(info, "train")
+    loaders = [
+        make_loader(kind, info, "train", 64, "cpu", train=True, seed=4, augment=a) for a in ("flip-crop", "none")
+    ]
+    changed = 0
+    for augmented, plain in zip(*loaders):
+        assert torch.equal(augmented.index, plain.index), "augmentation does not change the order"
+        stored = torch.from_numpy(images[plain.index.numpy()]).permute(0, 3, 1, 2).float() / 255
+        assert torch.equal(plain.images, stored)
+        changed += int((augmented.images != stored).flatten(1).any(1).sum())
+    assert changed > len(loaders[0]) * 32, "the flip-crop loader does move most images"
 
 
 @needs_ffcv

@@ -19,7 +19,16 @@ def _stats(in_channels: int):
 
 
 def test_model_names():
-    assert MODEL_NAMES == ("preactresnet18", "resnet18", "resnet34", "resnet50", "wrn34_10", "wrn28_10", "smallcnn")
+    assert MODEL_NAMES == (
+        "preactresnet18",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "wrn34_10",
+        "wrn28_10",
+        "smallcnn",
+        "convmlp",
+    )
 
 
 # The big WRNs only get the CIFAR-100 combo to keep the CPU run short; every model sees
@@ -28,6 +37,9 @@ SHAPE_CASES = [
     ("smallcnn", 1, 8, 10),
     ("smallcnn", 3, 32, 100),
     ("smallcnn", 2, 13, 7),
+    ("convmlp", 1, 8, 10),
+    ("convmlp", 3, 32, 100),
+    ("convmlp", 2, 13, 7),
     ("preactresnet18", 1, 8, 10),
     ("preactresnet18", 3, 32, 100),
     ("resnet18", 1, 8, 10),
@@ -116,7 +128,9 @@ def test_smallcnn_is_small():
     assert _n_params(build_model("smallcnn", num_classes=10, in_channels=1, image_size=8)) < 500_000
 
 
-@pytest.mark.parametrize("name,in_channels", [("smallcnn", 1), ("preactresnet18", 3), ("resnet18", 3), ("resnet50", 3)])
+@pytest.mark.parametrize(
+    "name,in_channels", [("smallcnn", 1), ("convmlp", 1), ("preactresnet18", 3), ("resnet18", 3), ("resnet50", 3)]
+)
 def test_normalisation_is_first_layer(name, in_channels):
     mean, std = _stats(in_channels)
     model = build_model(name, in_channels=in_channels, image_size=16, mean=mean, std=std).eval()
@@ -132,6 +146,37 @@ def test_normalisation_is_first_layer(name, in_channels):
     s = torch.tensor(std).view(1, -1, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain((x - m) / s))
+
+
+def test_convmlp_equals_a_functional_rewrite_in_float64():
+    """The digits stand-in's network, written out with torch.nn.functional from its own weights: three 3x3 conv-BN-ReLU
+    stages of 64, 64, 128 channels, 2x2 max-pools after the first two, the 2 x 2 map flattened into a 512-256-10 MLP."""
+    torch.manual_seed(3)
+    mean, std = (0.3,), (0.2,)
+    model = build_model("convmlp", num_classes=10, in_channels=1, image_size=8, mean=mean, std=std).double().train()
+    with torch.no_grad():  # BN statistics away from (0, 1), so eval mode's normalisation is exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    model.eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [c.out_channels for c in convs] == [64, 64, 128] and [lin.out_features for lin in linears] == [256, 10]
+    expected_params = (9 * 64 + 2 * 64) + (9 * 64 * 64 + 2 * 64) + (9 * 64 * 128 + 2 * 128) + (512 * 256 + 256)
+    assert _n_params(model) == expected_params + 256 * 10 + 10
+
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    h = (x - model.normalize.mean) / model.normalize.std  # the float32-rounded 0.3 and 0.2 it stores
+    for i, (conv, bn) in enumerate(zip(convs, bns)):
+        h = torch.nn.functional.conv2d(h, conv.weight, padding=1)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        h = torch.relu((h - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None])
+        if i < 2:
+            h = torch.nn.functional.max_pool2d(h, 2)
+    h = torch.relu(h.flatten(1) @ linears[0].weight.T + linears[0].bias)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), h @ linears[1].weight.T + linears[1].bias, rtol=1e-12, atol=1e-12)
 
 
 def test_normalize_constants_are_buffers():
@@ -158,7 +203,7 @@ def test_channels_last_matches_contiguous():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["smallcnn", "preactresnet18", "wrn28_10"])
+@pytest.mark.parametrize("name", ["smallcnn", "convmlp", "preactresnet18", "wrn28_10"])
 def test_traces_without_graph_breaks(name):
     # backend="eager" runs only Dynamo's capture, which is where fullgraph=True would fail.
     torch._dynamo.reset()
@@ -173,7 +218,7 @@ def test_unknown_name():
         build_model("vgg16")
     assert str(err.value) == (
         "unknown model 'vgg16': choose one of preactresnet18, resnet18, resnet34, resnet50, wrn34_10, wrn28_10, "
-        "smallcnn"
+        "smallcnn, convmlp"
     )
 
 

@@ -49,9 +49,22 @@ def eval_subset_indices(count: int, subset: int, seed: int):
 class _Loader:
     """What both loaders share: epoch bookkeeping and the step from raw uint8 to a training batch."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
+    def __init__(
+        self,
+        info: DataInfo,
+        split,
+        batch_size,
+        device,
+        *,
+        train,
+        seed,
+        indices=None,
+        world=World(),
+        augment="flip-crop",
+    ):
         self.info, self.split, self.batch_size = info, split, batch_size
         self.device, self.train, self.seed, self.world = torch.device(device), train, seed, world
+        self.augment = train and augment == "flip-crop"  # Config.augment; "none": the stored images as they are
         self.indices = np.arange(info.counts[split]) if indices is None else np.asarray(indices)
         if world.launched and not train:
             self.indices = self.indices[world.rank :: world.size]  # evaluation: a fixed shard per rank, no repeats
@@ -67,7 +80,7 @@ class _Loader:
         epoch, start = self.epoch, self.start_step
         self.epoch, self.start_step = epoch + 1, 0
         generator = epoch_generator(self.seed, epoch, self.device)
-        if self.train:
+        if self.augment:
             for _ in range(start):
                 draw_flip_crop(self.batch_size, self.info.crop_padding, generator)
         return epoch, start, generator
@@ -100,7 +113,7 @@ class _Loader:
 
     def _finish(self, images_nhwc, labels, clean_labels, index, generator):
         images = images_nhwc.permute(0, 3, 1, 2)  # an NHWC buffer viewed as NCHW is channels-last already
-        if self.train:
+        if self.augment:
             images = flip_crop(images, self.info.crop_padding, self.info.horizontal_flip, generator)
         images = images.to(torch.float32).div_(255).contiguous(memory_format=torch.channels_last)
         return Batch(images, labels.long(), clean_labels.long(), index.long())
@@ -110,8 +123,8 @@ class DeviceLoader(_Loader):
     """The whole split held on the device as uint8, read from its arrays (no FFCV): every batch is a gather, no
     worker processes."""
 
-    def __init__(self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
-        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
+    def __init__(self, info: DataInfo, split, batch_size, device, **kwargs):
+        super().__init__(info, split, batch_size, device, **kwargs)
         images, labels, clean_labels = read_split(info, split)
         self.images = torch.from_numpy(images).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
@@ -141,10 +154,8 @@ class FFCVLoader(_Loader):
     """FFCV streams the beton: it decodes and orders the records and copies them to the device in worker threads;
     we augment there. For data that does not fit on the device."""
 
-    def __init__(
-        self, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World(), num_workers=2
-    ):
-        super().__init__(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
+    def __init__(self, info: DataInfo, split, batch_size, device, *, num_workers=2, **kwargs):
+        super().__init__(info, split, batch_size, device, **kwargs)
         require_ffcv()
         with _torch_threads_kept():
             from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
@@ -160,9 +171,9 @@ class FFCVLoader(_Loader):
                 info.beton(split),
                 batch_size=batch_size,
                 num_workers=num_workers,
-                seed=seed,
-                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-                drop_last=train,
+                seed=self.seed,
+                order=OrderOption.RANDOM if self.train else OrderOption.SEQUENTIAL,
+                drop_last=self.train,
                 distributed=self.sharded,
                 indices=self.indices,
                 pipelines={
@@ -203,7 +214,7 @@ def read_labels(info: DataInfo, split) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
-def make_loader(kind, info: DataInfo, split, batch_size, device, *, train, seed, indices=None, world=World()):
-    """``batch_size`` is per process: under torchrun, the global batch divided by the number of ranks."""
-    loader = DeviceLoader if kind == "device" else FFCVLoader
-    return loader(info, split, batch_size, device, train=train, seed=seed, indices=indices, world=world)
+def make_loader(kind, info: DataInfo, split, batch_size, device, **kwargs):
+    """``batch_size`` is per process: under torchrun, the global batch divided by the number of ranks. ``kwargs``:
+    those of ``_Loader``."""
+    return (DeviceLoader if kind == "device" else FFCVLoader)(info, split, batch_size, device, **kwargs)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .conv_mlp import conv_mlp
 from .normalize import Normalize
 from .preact_resnet import preact_resnet18
 from .resnet import resnet18, resnet34, resnet50
@@ -22,6 +23,7 @@ _REGISTRY = {
     "wrn34_10": wrn34_10,
     "wrn28_10": wrn28_10,
     "smallcnn": small_cnn,
+    "convmlp": conv_mlp,
 }
 MODEL_NAMES = tuple(_REGISTRY)
 

@@ -7,7 +7,7 @@ from torch import nn
 from .normalize import Normalize
 
 
-def _conv_bn_relu(in_planes: int, out_planes: int) -> nn.Sequential:
+def conv_bn_relu(in_planes: int, out_planes: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_planes, out_planes, 3, padding=1, bias=False),
         nn.BatchNorm2d(out_planes),
@@ -20,11 +20,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
-            _conv_bn_relu(in_channels, 32),
+            conv_bn_relu(in_channels, 32),
             nn.MaxPool2d(2),
-            _conv_bn_relu(32, 64),
+            conv_bn_relu(32, 64),
             nn.MaxPool2d(2),
-            _conv_bn_relu(64, 128),
+            conv_bn_relu(64, 128),
             # Global pooling keeps the head independent of image size (8x8 digits to 32x32 CIFAR).
             nn.AdaptiveAvgPool2d(1),
         )
