@@ -19,7 +19,8 @@ from .files import atomic_file, resume_fix
 
 # 3: "dataset", "step" (a mid-epoch last.pt after SIGINT/SIGTERM), "world_size", "torchrun" and per-rank "ranks"
 # 4: "data_checksums" (the data directory's files the run trained on); only tensors and plain data inside
-FORMAT_VERSION = 4
+# 5: "swa" (swa.py: the models averaged and the averaged state dict, which a checkpoint's numbers are of)
+FORMAT_VERSION = 5
 MAGIC = b"FASTSGLR-CHECKPOINT"
 
 
@@ -130,11 +131,13 @@ def load_model(path, device="cpu"):
 
 
 def model_from_state(state, device="cpu"):
-    """The trained model of a loaded checkpoint state, in eval mode, taking [0, 1] inputs."""
+    """The trained model of a loaded checkpoint state, in eval mode, taking [0, 1] inputs: the SWA average once one
+    was taken (the model an SWA run reports), else the trained weights."""
     from .models import build_model
+    from .swa import reported_weights
 
     model = build_model(**state["model_spec"]).to(device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(reported_weights(state))
     return model.eval()
 
 

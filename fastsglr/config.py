@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from .errors import UsageError
 from .models import MODEL_NAMES
 
-METHODS = ("pgd-at", "trades")
+METHODS = ("pgd-at", "trades", "standard")
 LABEL_STRATEGIES = ("hard", "ls", "te", "sglr")
 SCHEDULES = ("piecewise", "cosine")
 BN_MODES = ("eval", "train")
@@ -89,7 +89,11 @@ class Config:
     )
 
     # --- adversarial objective (l-inf threat model, inputs in [0, 1]) ---
-    method: str = option("pgd-at", "pgd-at (Madry et al.) or trades", choices=METHODS)
+    method: str = option(
+        "pgd-at",
+        "pgd-at (Madry et al.), trades, or standard (clean inputs, no attack: KD's standard-trained teacher)",
+        choices=METHODS,
+    )
     eps: float = option(8 / 255, "l-inf radius, e.g. 8/255", parse=parse_fraction)
     step_size: float = option(2 / 255, "training attack step, e.g. 2/255", parse=parse_fraction)
     attack_steps: int = option(10, "training attack steps")
@@ -110,6 +114,21 @@ class Config:
         "AWP: epochs without the perturbation first (AWP's code: 0 for PGD-AT; TRADES "
         "--awp-warmup 10 counting epochs from 1, i.e. 9 here)",
     )
+
+    # --- knowledge distillation and weight averaging (Chen et al., ICLR 2021: distill.py, swa.py) ---
+    kd_teacher_adv: str = option(
+        "", "KD: the adversarially trained teacher, a run directory (its best.pt) or a checkpoint ('': no KD)"
+    )
+    kd_teacher_std: str = option("", "KD: the standard-trained teacher (--method standard), a run or a checkpoint")
+    kd_ce: float = option(0.3, "KD: weight of the hard-label CE (Chen et al.'s --coef_ce)")
+    kd_adv: float = option(0.6, "KD: weight of the adversarial teacher's term (their --coef_kd2)")
+    kd_std: float = option(0.1, "KD: weight of the standard teacher's term (their --coef_kd1)")
+    kd_temperature: float = option(2.0, "KD: softmax temperature of student and teachers (their --temperature)")
+    swa: bool = option(False, "average the weights (SWA); the averaged model is evaluated and reported")
+    swa_start: float = option(
+        0.275, "SWA: fraction of the epochs before the first average (Chen et al.: epoch 55 of 200)"
+    )
+    swa_every: int = option(1, "SWA: average every K epochs from the start (their --swa_c_epochs)")
 
     # --- label strategy ---
     labels: str = option(
@@ -299,6 +318,12 @@ def validate(cfg: Config) -> Config:
     check_range("te_end", cfg.te_end, 0, 1)
     check_range("awp_gamma", cfg.awp_gamma, 0, 1)
     check_range("awp_warmup", cfg.awp_warmup, 0, 1_000_000)
+    check_range("kd_ce", cfg.kd_ce, 0, 1e3)
+    check_range("kd_adv", cfg.kd_adv, 0, 1e3)
+    check_range("kd_std", cfg.kd_std, 0, 1e3)
+    check_range("kd_temperature", cfg.kd_temperature, 0, 1e3, lo_open=True)
+    check_range("swa_start", cfg.swa_start, 0, 1)
+    check_range("swa_every", cfg.swa_every, 1, 1_000_000)
     check_range("epochs", cfg.epochs, 1, 1_000_000)
     check_range("batch_size", cfg.batch_size, 1, 1_000_000)
     check_range("lr", cfg.lr, 0, 100, lo_open=True)
@@ -313,7 +338,30 @@ def validate(cfg: Config) -> Config:
     check_range("lr_decay", cfg.lr_decay, 0, 1, lo_open=True)
     for m in cfg.milestones:
         check_range("milestones", m, 0, 1)
+    _check_combination(cfg)
     return cfg
+
+
+def _check_combination(cfg: Config):
+    """Options that mean nothing together: KD replaces PGD-AT's hard-label target (Chen et al.), so it needs both
+    teachers, PGD-AT and hard labels; standard training has no adversarial or clean predictions to refine."""
+    if cfg.method == "standard" and cfg.labels in ("te", "sglr"):
+        raise UsageError(
+            f"--labels {cfg.labels} refines labels from adversarial and clean predictions, which --method standard "
+            f"does not make: use --labels hard or ls"
+        )
+    if not (cfg.kd_teacher_adv or cfg.kd_teacher_std):
+        return
+    if not (cfg.kd_teacher_adv and cfg.kd_teacher_std):
+        missing = "--kd-teacher-std" if cfg.kd_teacher_adv else "--kd-teacher-adv"
+        raise UsageError(f"KD (Chen et al.) distils from two teachers: add {missing}")
+    if cfg.method != "pgd-at":
+        raise UsageError(f"KD distils into PGD-AT (Chen et al.), not --method {cfg.method}: use --method pgd-at")
+    if cfg.labels != "hard":
+        raise UsageError(
+            f"KD's teachers replace the label strategy's soft target (Chen et al. keep only the hard-label CE): "
+            f"use --labels hard instead of --labels {cfg.labels}"
+        )
 
 
 def n_epochs(n: int) -> str:

@@ -150,19 +150,22 @@ def evaluation_row(clean: CalibrationMeter, adv: CalibrationMeter) -> dict:
 
 
 class BestFinalTracker:
-    """The paper's Best / Final / Diff columns: best = the evaluated epoch of highest test PGD-20 accuracy (epochs
-    skipped by --eval-every have none); final = the last epoch, which is always evaluated."""
+    """The paper's Best / Final / Diff columns: best = the evaluated epoch of highest test PGD-20 accuracy (``key``;
+    standard training: clean accuracy), epochs skipped by --eval-every have none; final = the last epoch, which is
+    always evaluated. In an SWA run (rows with ``swa_averaged``) only the epochs that evaluated the averaged model
+    can be best, once there are any: Chen et al.'s best SWA checkpoint (``main_adv.py``, ``is_ra_best_swa``)."""
 
-    def __init__(self, history=()):
-        self.history = list(history)
+    def __init__(self, history=(), key="test_pgd_acc"):
+        self.history, self.key = list(history), key
 
     def add(self, row: dict):
         self.history.append(row)
 
     @property
     def best(self) -> dict:
-        evaluated = [r for r in self.history if r["test_pgd_acc"] is not None]
-        return max(evaluated, key=lambda r: (r["test_pgd_acc"], -r["epoch"]), default=None)
+        evaluated = [r for r in self.history if r[self.key] is not None]
+        evaluated = [r for r in evaluated if r.get("swa_averaged")] or evaluated
+        return max(evaluated, key=lambda r: (r[self.key], -r["epoch"]), default=None)
 
     @property
     def is_best_last(self) -> bool:

@@ -1,4 +1,5 @@
-"""One training step's loss: the adversarial objective (PGD-AT or TRADES) combined with a label strategy.
+"""One training step's loss: the adversarial objective (PGD-AT or TRADES; or standard training, no attack) combined
+with a label strategy, or for PGD-AT with Chen et al.'s knowledge distillation (``distill.py``).
 
 ``objective_loss`` crafts the attack, runs the forwards and returns the loss; the caller runs backward and the
 optimizer step. The order and BatchNorm mode of every forward are part of the method, since BN running
@@ -37,6 +38,7 @@ class Objective:
     awp_warmup: int = 0
     awp_gamma: Tensor = None  # 0 before epoch awp_warmup (start_epoch), the config's gamma from then on
     awp_gamma_value: float = 0.0
+    distill: object = None  # distill.Distillation (KD-AT): its loss replaces PGD-AT's label term; None: off
 
     def start_epoch(self, epoch: int) -> None:
         """AWP's warm-up (``if epoch >= args.awp_warmup``): gamma 0 before ``awp_warmup``, a device fill (no sync)."""
@@ -44,7 +46,7 @@ class Objective:
             self.awp_gamma.fill_(self.awp_gamma_value if epoch >= self.awp_warmup else 0.0)
 
     @classmethod
-    def from_config(cls, cfg, device) -> "Objective":
+    def from_config(cls, cfg, device, distill=None) -> "Objective":
         if cfg.method not in _METHODS:
             raise UsageError(f"unknown method '{cfg.method}': choose one of {', '.join(_METHODS)}")
         eps, step_size, beta = (
@@ -63,6 +65,7 @@ class Objective:
             cfg.awp_warmup,
             gamma,
             cfg.awp_gamma,
+            distill,
         )
 
 
@@ -118,6 +121,8 @@ def _pgd_at(model, x, labels, index, strategy, objective, ops):
         with torch.no_grad():
             logits_clean = inner(x)
     loss = strategy.loss(logits_adv, logits_clean.detach(), labels, index, ce_on="adv", ops=ops)
+    if objective.distill is not None:  # KD-AT: the teachers' terms beside the (down-weighted) hard-label CE
+        loss = objective.distill.loss(loss, logits_adv, x_adv)
     return loss, logits_adv, logits_clean, awp_diff
 
 
@@ -152,7 +157,19 @@ def _trades(model, x, labels, index, strategy, objective, ops):
     return natural + objective.trades_beta.to(robust.dtype) * robust, logits_adv, logits_clean, awp_diff
 
 
-_METHODS = {"pgd-at": _pgd_at, "trades": _trades}
+def _standard(model, x, labels, index, strategy, objective, ops):
+    """Standard training on the clean inputs, no attack (Chen et al.'s ``train_epoch`` in ``utils.py``, their
+    ``main_std.py``: the standard-trained teacher of KD): one train-mode forward with grad, the label term on its
+    logits, which stand for both the adversarial and the clean ones in the training metrics. AWP, if on, perturbs
+    the weights against the clean CE."""
+    model.train()
+    awp_diff = _perturb_weights(unwrap(model), x, x, labels, objective)
+    logits = model(x)
+    loss = strategy.loss(logits, logits, labels, index, ce_on="clean", ops=ops)
+    return loss, logits, logits.detach(), awp_diff
+
+
+_METHODS = {"pgd-at": _pgd_at, "trades": _trades, "standard": _standard}
 
 
 def objective_loss(model, x, labels, index, strategy, objective: Objective, ops=PLAIN_OPS):

@@ -25,6 +25,7 @@ from .checkpoint import check_same_data, estimate_run_bytes, load_resume_state, 
 from .config import Config, n_epochs
 from .data.datadir import read_data_dir
 from .data.loaders import eval_subset_indices, make_loader, read_labels, train_steps
+from .distill import Distillation
 from .distributed import (
     barrier,
     broadcast_buffers_,
@@ -46,6 +47,7 @@ from .optim import build_optimizer, lr_at
 from .runlock import run_lock
 from .sharpness import HessianTraceProbe
 from .stop import GracefulStop
+from .swa import WeightAverage, swapped_in
 
 RUN_FILES = (
     "config.json",
@@ -174,6 +176,8 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             "--awp-gamma is not supported under torchrun yet (each rank would perturb the weights "
             "from its own batch): train AWP in one process"
         )
+    if world.launched and cfg.swa:
+        raise UsageError("--swa is not supported under torchrun yet: train SWA in one process")
     info = read_data_dir(cfg.data, cfg.loader)
     batch_size = per_rank_batch(world, cfg.batch_size)
     if train_steps(info.counts["train"], batch_size, world) == 0:
@@ -182,8 +186,9 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             f"choose a smaller batch size"
         )
     train_labels = read_labels(info, "train")
-    _open_run_dir(cfg, resume, overwrite, world, held)
     device = device_of(world, cfg.device)
+    distill = Distillation.from_config(cfg, info, device)  # the teachers, checked before anything is written
+    _open_run_dir(cfg, resume, overwrite, world, held)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: the autotuned convolutions pay back in a few steps
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -200,7 +205,8 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     model = build_model(**model_spec).to(device)
     strategy = build_label_strategy(cfg, train_labels.to(device), info.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
-    engine = build_engine(model, optimizer, strategy, cfg, world)
+    engine = build_engine(model, optimizer, strategy, cfg, world, distill)
+    swa = WeightAverage(cfg) if cfg.swa else None
     train_loader = make_loader(
         cfg.loader, info, "train", batch_size, device, train=True, seed=cfg.seed, world=world, augment=cfg.augment
     )
@@ -219,7 +225,9 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
     tables = strategy.sample_tables()
     # Under torchrun, the rows of the label tables this rank updated since the last sync.
     visited = torch.zeros(info.counts["train"], dtype=torch.bool, device=device) if world.launched else None
-    tracker, start_epoch, start_step, ranks = BestFinalTracker(), 0, 0, None
+    # Standard training (the KD teacher) keeps its best clean accuracy, as Chen et al.'s main_std.py.
+    best_of = "test_clean_acc" if cfg.method == "standard" else "test_pgd_acc"
+    tracker, start_epoch, start_step, ranks = BestFinalTracker(key=best_of), 0, 0, None
     steps = len(train_loader)
 
     def state(epoch, step=0, ranks=None):
@@ -235,6 +243,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "strategy": strategy.state_dict(),
+            "swa": swa.state_dict() if swa else None,
             "history": tracker.history,
             "ranks": ranks,
         }
@@ -250,11 +259,14 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
         )
         if saved["epoch"] >= cfg.epochs and all(os.path.isfile(os.path.join(cfg.out, f)) for f in FINAL_FILES):
             log(f"{cfg.out} finished its {n_epochs(cfg.epochs)} already: nothing to do (its files are unchanged)")
-            return _summary(cfg, BestFinalTracker(saved["history"]))
+            return _summary(cfg, BestFinalTracker(saved["history"], key=best_of))
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         strategy.load_state_dict(saved["strategy"])
-        tracker, start_epoch, start_step = BestFinalTracker(saved["history"]), saved["epoch"], saved["step"]
+        if swa:
+            swa.load_state_dict(saved["swa"])
+        tracker, start_epoch = BestFinalTracker(saved["history"], key=best_of), saved["epoch"]
+        start_step = saved["step"]
         ranks = saved["ranks"]
         if world.is_main:  # after the checks, which write nothing, and before the first write
             held.enter_context(run_lock(cfg.out))
@@ -330,12 +342,18 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             broadcast_buffers_(model)  # every rank evaluates the BN statistics rank 0 saves
             row = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch, steps - 1, steps), **meter.read()}
             t_eval = time.perf_counter()
+            if swa and swa.due(epoch):  # the BN pass replays this epoch's batches (the loader's order is seeded)
+                train_loader.set_epoch(epoch)
+                swa.update(model, train_loader)
             if _evaluates(cfg, epoch):  # returns host floats: the evaluation has finished
-                row.update(
-                    engine.evaluate(
-                        test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size, steps=cfg.eval_steps
+                # Once SWA has averaged a model, that model is the one evaluated and reported (Chen et al.).
+                averaged = swa and swa.averaged
+                with swapped_in(model, swa.state) if averaged else contextlib.nullcontext():
+                    row.update(
+                        engine.evaluate(
+                            test_loader, eps=cfg.eps, step_size=cfg.resolved_eval_step_size, steps=cfg.eval_steps
+                        )
                     )
-                )
             else:  # no test accuracy (null in metrics.jsonl): the epoch cannot become best.pt
                 row.update(dict.fromkeys(TEST_COLUMNS))
             eval_seconds = time.perf_counter() - t_eval
@@ -343,6 +361,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
                 {
                     **(hessian.measure(model, epoch) if hessian else {}),
                     "eval_steps": cfg.eval_steps,
+                    **({"swa_averaged": swa.averaged} if swa else {}),
                     "ranks": world.size,
                     "train_seconds": train_seconds,
                     "eval_seconds": eval_seconds,

@@ -5,14 +5,15 @@ from ..distributed import World
 from ..errors import UsageError
 
 
-def build_engine(model, optimizer, strategy, cfg, world=World()):
-    """The engine named by ``cfg.engine``; under torchrun it trains ``model`` wrapped in DDP."""
+def build_engine(model, optimizer, strategy, cfg, world=World(), distill=None):
+    """The engine named by ``cfg.engine``; under torchrun it trains ``model`` wrapped in DDP. ``distill``: KD-AT's
+    teachers and weights (``distill.Distillation``), or None."""
     if cfg.engine == "reference":
         from .reference import ReferenceEngine
 
-        return ReferenceEngine(model, optimizer, strategy, cfg, world)
+        return ReferenceEngine(model, optimizer, strategy, cfg, world, distill)
     if cfg.engine == "fast":
         from .fast import FastEngine
 
-        return FastEngine(model, optimizer, strategy, cfg, world=world)
+        return FastEngine(model, optimizer, strategy, cfg, world=world, distill=distill)
     raise UsageError(f"unknown engine '{cfg.engine}': choose reference or fast")

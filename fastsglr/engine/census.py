@@ -82,9 +82,9 @@ class Census:
         ]
 
 
-def take_census(cfg: Config, *, num_classes=10, in_channels=3, image_size=32, seed=0) -> Census:
+def take_census(cfg: Config, *, num_classes=10, in_channels=3, image_size=32, seed=0, distill=None) -> Census:
     """One iteration of a compiled fp32 fast engine on ``cfg`` (model, method, labels, BN mode, attack steps, batch
-    size) on random CPU data, through the recording backend."""
+    size) on random CPU data, through the recording backend; ``distill``: KD's teachers (``distill.Distillation``)."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._dynamo.utils import counters
 
@@ -98,7 +98,7 @@ def take_census(cfg: Config, *, num_classes=10, in_channels=3, image_size=32, se
     model = build_model(cfg.model, num_classes, in_channels, image_size)
     strategy = build_label_strategy(cfg, train_labels, num_classes)
     optimizer = build_optimizer(model.parameters(), cfg)
-    engine = FastEngine(model, optimizer, strategy, cfg, FastOptions(precision="fp32", compile=True))
+    engine = FastEngine(model, optimizer, strategy, cfg, FastOptions(precision="fp32", compile=True), distill=distill)
     with FlopCount() as forward, torch.no_grad():
         model.eval()(images)
 

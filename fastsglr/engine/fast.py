@@ -203,7 +203,9 @@ class FastEngine:
 
     name = "fast"
 
-    def __init__(self, model, optimizer, strategy, cfg, options: FastOptions | None = None, world=World()):
+    def __init__(
+        self, model, optimizer, strategy, cfg, options: FastOptions | None = None, world=World(), distill=None
+    ):
         self.device = next(model.parameters()).device
         self.options = options or FastOptions.for_device(self.device, cfg.precision)
         compile_module = world.launched and self.options.compile
@@ -225,7 +227,7 @@ class FastEngine:
             model = torch.compile(model, dynamic=False, options={"fallback_random": True})
         # DDP after the layout change: its gradient buckets take the parameters' strides when it is built.
         self.model, self.strategy = wrap_model(world, model, cfg.sync_bn), strategy
-        self.objective = Objective.from_config(cfg, self.device)
+        self.objective = Objective.from_config(cfg, self.device, distill)
         self.optimizer = SGDUpdate(optimizer, self.device)
         self.autocast_dtype = AUTOCAST_DTYPES[self.options.precision]
         self.scaler = DeviceLossScale(self.device) if self.options.precision == "fp16" else None

@@ -13,10 +13,10 @@ class ReferenceEngine:
     name = "reference"
     ops = PLAIN_OPS
 
-    def __init__(self, model, optimizer, strategy, cfg, world=World()):
+    def __init__(self, model, optimizer, strategy, cfg, world=World(), distill=None):
         self.model = wrap_model(world, model, cfg.sync_bn)
         self.optimizer, self.strategy = optimizer, strategy
-        self.objective = Objective.from_config(cfg, next(model.parameters()).device)
+        self.objective = Objective.from_config(cfg, next(model.parameters()).device, distill)
 
     def step(self, batch, meter, step):
         return train_step(self.model, self.optimizer, self.strategy, self.objective, batch, meter, step, ops=self.ops)
