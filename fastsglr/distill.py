@@ -50,7 +50,10 @@ def load_teacher(given: str, flag: str, info, device) -> nn.Module:
     path = teacher_path(given)
     if not os.path.isfile(path):
         raise UsageError(f"--{flag} {given}: no checkpoint there (a run directory needs its best.pt): check the path")
-    state = load_checkpoint(path, map_location=device)
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except UsageError as exc:  # which flag named the file the loader refused
+        raise UsageError(f"--{flag} {given}: {exc}") from None
     check_checkpoint_fits_data(
         state, info, path, fix=f"pass --{flag} a teacher trained on {info.dataset} (the data of --data)"
     )

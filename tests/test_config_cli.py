@@ -173,7 +173,7 @@ def test_train_help_lists_each_presets_values(capsys):
 def test_each_flag_sets_its_field():
     rng = random.Random()
     for name, f in C.OPTIONS.items():
-        flag, extra = "--" + name.replace("_", "-"), []
+        flag, extra, partner = "--" + name.replace("_", "-"), [], ""
         if f.type is bool:
             args = build_parser().parse_args(["train", flag])
             assert getattr(args, name) is True and not any(hasattr(args, n) for n in C.OPTIONS if n != name)
@@ -182,9 +182,12 @@ def test_each_flag_sets_its_field():
             unavailable = {"cuda": not torch.cuda.is_available(), "ffcv": not ffcv_available()}
             values = [c for c in f.metadata["choices"] if not unavailable.get(c)]
             value = text = rng.choice(values)
-            extra = ["--engine", "fast"] if name == "precision" else []
+            extra = {"precision": ["--engine", "fast"], "method": ["--labels", "hard"]}.get(name, [])
         elif f.type is str:
             value = text = f"dir{rng.randrange(10**6)}"
+            if name.startswith("kd_teacher_"):  # KD takes both teachers and hard labels (config._check_combination)
+                partner = ({"kd_teacher_adv", "kd_teacher_std"} - {name}).pop()
+                extra = ["--labels", "hard", "--" + partner.replace("_", "-"), "partner"]
         elif f.type is int:
             value = rng.randrange(1, 50)
             text = str(value)
@@ -203,6 +206,6 @@ def test_each_flag_sets_its_field():
         others = {
             n: getattr(cfg, n)
             for n in C.OPTIONS
-            if n not in (name, "data", "out", "engine", "precision", "loader", "device")
+            if n not in (name, "data", "out", "engine", "precision", "loader", "device", partner)
         }
-        assert others == {n: getattr(_cfg(*extra), n) for n in others}
+        assert others == {n: getattr(_cfg(*(extra[:2] if partner else extra)), n) for n in others}

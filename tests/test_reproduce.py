@@ -16,6 +16,7 @@ import torch
 import fastsglr.reproduce as reproduce_module
 import fastsglr.robustness as robustness
 from fastsglr import load_model, paper_numbers
+from fastsglr.checkpoint import load_checkpoint
 from fastsglr.cli import main
 from fastsglr.config import PRESETS
 from fastsglr.data.datadir import read_data_dir, sha256
@@ -43,7 +44,7 @@ def _rows(markdown):
     rows = {}
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| PGD-AT"):
+        if line.startswith(("| PGD-AT", "| AWP", "| KD-")):
             rows[cells[0]] = cells[1:]
     return rows
 
@@ -53,7 +54,16 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
     markdown = (out / "table2.md").read_text()
     assert markdown == report["markdown"]
     rows = _rows(markdown)
-    assert list(rows) == ["PGD-AT", "PGD-AT+LS", "PGD-AT+TE", "PGD-AT+SGLR (paper)", "PGD-AT+SGLR (sgls-code)"]
+    assert list(rows) == [
+        "PGD-AT",
+        "PGD-AT+LS",
+        "PGD-AT+TE",
+        "PGD-AT+SGLR (paper)",
+        "PGD-AT+SGLR (sgls-code)",
+        "AWP",
+        "KD-AT",
+        "KD-SWA",
+    ]
     (te_run,) = glob.glob(str(out / "runs" / "*" / "pgd-at_te*" / "config.json"))
     te = json.loads(open(te_run).read())  # Dong et al.'s TE: weight 300, ramp from 90 to 150 of 200 epochs
     assert (te["te_weight"], te["te_start"], te["te_end"]) == (300.0, 0.45, 0.75) and "train_te.py" in markdown
@@ -78,9 +88,27 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
         config = json.loads(open(os.path.join(run["run_dir"], "config.json")).read())
         assert config["epochs"] == 2 and config["model"] == "smallcnn" and config["eps"] == pytest.approx(32 / 255)
     configs = [json.load(open(os.path.join(r["run_dir"], "config.json"))) for r in report["runs"]]
-    assert [c["labels"] for c in configs] == ["hard", "ls", "te", "sglr", "sglr"]
+    assert [c["labels"] for c in configs] == ["hard", "ls", "te", "sglr", "sglr", "hard", "hard", "hard"]
+    assert [c["awp_gamma"] for c in configs] == [0.0] * 5 + [0.01, 0.0, 0.0]
+    # KD (Chen et al.): the table's PGD-AT run and a standard-trained source as teachers; KD-SWA reports the average
+    pgd_at, (standard,) = report["runs"][0]["run_dir"], report["sources"].values()
+    for c in configs[6:]:
+        assert (c["kd_teacher_adv"], c["kd_teacher_std"]) == (os.path.abspath(pgd_at), os.path.dirname(standard))
+        assert (c["attack_bn_mode"], c["kd_ce"], c["kd_adv"], c["kd_std"], c["kd_temperature"]) == (
+            "train",
+            0.3,
+            0.6,
+            0.1,
+            2.0,
+        )
+    assert json.load(open(os.path.join(os.path.dirname(standard), "config.json")))["method"] == "standard"
+    assert [c["swa"] for c in configs[6:]] == [False, True]
+    kd_swa = report["runs"][7]["run_dir"]
+    assert [r["swa_averaged"] for r in read_history(kd_swa)] == [0, 1]  # epoch 55 of 200 -> 1 of 2
+    for which in ("best", "final"):
+        assert load_checkpoint(os.path.join(kd_swa, f"{which}.pt"))["swa"]["averaged"] == 1
     # the paper's SGLR and the released code's: its warm-up, 89 of 200 epochs, scaled to 2 epochs like the milestones
-    assert [(c["r"], c["temperature"], c["sglr_warmup"]) for c in configs[3:]] == [(0.2, 1.5, 0), (1.0, 1.0, 1)]
+    assert [(c["r"], c["temperature"], c["sglr_warmup"]) for c in configs[3:5]] == [(0.2, 1.5, 0), (1.0, 1.0, 1)]
     assert all(r["engine"] == "reference" and r["precision"] == "fp32" for r in report["runs"])
 
     # AutoAttack is at least as strong as PGD-20, in every measured cell.
@@ -101,7 +129,7 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
         "here eps 0.124, step 0.012",
         "highest per-epoch test PGD-10 (steps of eps/4)",
         "Trained with: reference engine, fp32 on cpu (every run).",
-        "AWP, KD-AT and KD-SWA",
+        "KD-AT and KD-SWA rows as Chen et al.'s code",
         "(sgls-code): the authors' released loss",
     ):
         assert says in markdown, says
@@ -143,7 +171,7 @@ def test_grids_share_equal_runs(digits_dir, tmp_path):
     table4 = run_dirs("table4")
     assert len(table4) == 15 and len(set(table4)) == 13  # the three r = 0 cells are one run
     assert run_dirs("table2")[3] in table4  # SGLR at r 0.2, T 1.5 is Table 4's cell
-    assert run_dirs("table3")[:2] == run_dirs("table2")[::3]  # AT and AT+SGLR (paper) on the stand-in
+    assert run_dirs("table3")[:2] == run_dirs("table2")[0:4:3]  # AT and AT+SGLR (paper) on the stand-in
     assert run_dirs("table2")[4] not in table4  # the released code's SGLR is a run of its own
     noise = TABLES["noise"]().runs
     assert sorted({run.noise for run in noise}) == [0.0, 0.2, 0.4, 0.6, 0.8] and len(noise) == 15
@@ -162,7 +190,8 @@ def test_sglr_variants_and_the_papers_network(digits_dir, tmp_path):
     cifar = dataclasses.replace(read_data_dir(digits_dir), dataset="cifar10")
     base = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None)
     assert (base.model, base.input_norm, base.epochs) == ("resnet18", "none", 200)
-    code = grid._run_config(base, cifar, TABLES["table2"]("sgls-code").runs[-1], str(tmp_path))
+    (code_run,) = [run for run in TABLES["table2"]("sgls-code").runs if "SGLR" in run.row]
+    code = grid._run_config(base, cifar, code_run, str(tmp_path))
     assert (code.sglr_warmup, code.r, code.temperature) == (89, 1.0, 1.0)
     other = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None, model="preactresnet18")
     assert (other.model, other.input_norm) == ("preactresnet18", "none")

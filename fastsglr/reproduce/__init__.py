@@ -118,6 +118,7 @@ def reproduce(
     }  # validated before anything is written: a bad --model stops here
     check_output_dir(out, "tables")
     wrong_rates = {}
+    run_dirs = {}  # row -> its run directory, for the KD runs that name it as a teacher (sources train first)
 
     def trained(run) -> Config:
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
@@ -129,8 +130,10 @@ def reproduce(
             run,
             out,
             _network(spec, infos[run.dataset], model),
+            {key: run_dirs[row] for key, row in run.teachers},
         )
         _train_or_resume(cfg, log)
+        run_dirs[run.row] = os.path.abspath(cfg.out)
         return cfg
 
     sources = {run.row: os.path.join(trained(run).out, "best.pt") for run in spec.sources}

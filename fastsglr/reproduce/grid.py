@@ -46,11 +46,12 @@ def _network(table: Table, info, model) -> dict:
     return {} if model or info.dataset == "digits" else dict(table.network)
 
 
-def _run_config(base: Config, info, run: Run, out, network=None) -> Config:
+def _run_config(base: Config, info, run: Run, out, network=None, teachers=None) -> Config:
     """The run's config; its directory is named by what differs from the base, so equal runs share a directory.
     ``network``: the table's own network (``_network``), overrides like the run's own, so the directory name says
-    it and other tables' runs in OUT stay apart."""
-    overrides = {**(network or {}), **dict(run.overrides)}
+    it and other tables' runs in OUT stay apart. ``teachers``: KD's teacher fields -> the teacher runs' directories,
+    which the name shows as "kd" (they are runs of this OUT, named by the rest of the grid)."""
+    overrides = {**(network or {}), **dict(run.overrides), **(teachers or {})}
     if "sglr_warmup" in overrides:  # stated for the paper's 200 epochs: it scales like the lr milestones
         overrides["sglr_warmup"] = round(overrides["sglr_warmup"] * base.epochs / PAPER_EPOCHS)
     cfg = dataclasses.replace(base, **overrides)
@@ -58,8 +59,10 @@ def _run_config(base: Config, info, run: Run, out, network=None) -> Config:
     extra = [
         f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
         for k, v in sorted(cfg.to_dict().items())
-        if k not in ("method", "labels") and v != base_fields[k]
+        if k not in ("method", "labels", *(teachers or {})) and v != base_fields[k]
     ]
+    if teachers:
+        extra.insert(0, "kd")
     data_key = info.dataset + (f"-{info.noise['type']}{info.noise['rate']:g}" if info.noise["rate"] else "")
     name = "_".join([cfg.method, cfg.labels, *extra])
     return validate(dataclasses.replace(cfg, out=os.path.join(out, "runs", data_key, name)))

@@ -31,6 +31,7 @@ class Run:
     overrides: tuple = ()  # (Config field, value) pairs
     noise: float = 0.0  # symmetric label-noise rate of its training data
     source: str = ""  # the row of the table's source run whose best.pt crafts its transfer examples
+    teachers: tuple = ()  # (Config field, row of the run whose directory it names): KD's teachers, trained first
     paper: dict = field(default_factory=dict, hash=False)
 
 
@@ -62,14 +63,14 @@ class Table:
     checkpoints: tuple  # which checkpoints of each run are evaluated
     blocks: Callable  # [(Run, Measured)] -> [Block]
     notes: tuple = ()  # what a measured number is, where the paper leaves it open
-    sources: tuple = ()  # runs trained only to craft the transfer examples of the runs naming them
+    sources: tuple = ()  # runs trained only for other runs (transfer sources, KD teachers): they fill no cell
     network: tuple = ()  # Config overrides of the paper's network for this table, where not ResNet-18
     network_name: str = PAPER_MODEL
     panels: tuple = PANELS  # the per-epoch curves of the runs' figure (report.plot_curves)
 
 
-def _run(dataset, row, column="", noise=0.0, paper=None, source="", **overrides) -> Run:
-    return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, source, paper or {})
+def _run(dataset, row, column="", noise=0.0, paper=None, source="", teachers=(), **overrides) -> Run:
+    return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, source, teachers, paper or {})
 
 
 def _attack(name, quantity="acc", scale=1.0):
@@ -180,21 +181,45 @@ _TE_NOTE = (
 )
 
 
+# Table 2's KD teachers: a standard-trained run (a source: it fills no cell) and the table's PGD-AT run.
+STANDARD_TEACHER = "Standard (KD teacher)"
+KD_TEACHERS = (("kd_teacher_adv", "PGD-AT"), ("kd_teacher_std", STANDARD_TEACHER))
+
+
+def _kd_runs() -> tuple:
+    """KD-AT and KD-SWA as Chen et al.'s main_adv.py runs them: PGD-AT with hard labels, the training attack with BN
+    in train mode (their adversary perturbs the model after model.train()), the two teachers; KD-SWA adds --swa."""
+    kd = dict(method="pgd-at", labels="hard", attack_bn_mode="train", teachers=KD_TEACHERS)
+    numbers = paper.TABLE2["cifar10"]
+    return (
+        _run("cifar10", "KD-AT", paper=numbers["KD-AT"], **kd),
+        _run("cifar10", "KD-SWA", paper=numbers["KD-SWA"], swa=True, **kd),
+    )
+
+
+_KD_NOTE = (
+    "AWP row: Wu et al.'s PGD-AT setting, --awp-gamma 0.01 from the first epoch. KD-AT and KD-SWA rows as Chen et "
+    "al.'s code (VITA-Group/Alleviate-Robust-Overfitting, main_adv.py and utils.py): loss 0.3 CE on the hard label "
+    "+ 0.6 KD from this table's PGD-AT run (its best.pt, best robust accuracy) + 0.1 KD from a standard-trained run "
+    "(--method standard, its best clean accuracy), KD = T^2 x soft-target CE at T 2, both teachers in eval mode on "
+    "the adversarial input, the training attack with BN in train mode; KD-SWA also averages the weights after every "
+    "epoch from epoch 55 of 200 (scaled with the epochs), recomputes the average's BN statistics on the training "
+    "set, and reports the average (best among the averaged epochs)."
+)
+
+
 def _table2(sglr="both"):
     rows = (("PGD-AT", "hard"), ("PGD-AT+LS", "ls"), ("PGD-AT+TE", "te"), ("PGD-AT+SGLR", "sglr"))
-    runs = _cifar10_pgd_at_runs(rows, paper.TABLE2, sglr)
+    awp = _run("cifar10", "AWP", paper=paper.TABLE2["cifar10"]["AWP"], method="pgd-at", labels="hard", awp_gamma=0.01)
+    runs = _cifar10_pgd_at_runs(rows, paper.TABLE2, sglr) + (awp,) + _kd_runs()
     return Table(
-        "Table 2: PGD-AT with hard labels, label smoothing (r 0.2), temporal ensembling and SGLR",
+        "Table 2: PGD-AT with hard labels, label smoothing (r 0.2), temporal ensembling and SGLR; AWP, KD-AT, KD-SWA",
         runs,
         ACCURACY_ATTACKS,
         ("best", "final"),
         _best_final_blocks(ACCURACY_METRICS),
-        notes=_sglr_note(sglr)
-        + (
-            _TE_NOTE,
-            "AWP, KD-AT and KD-SWA, the paper's other rows, are absent here: AWP is a training option "
-            "(--awp-gamma) not yet in this grid; KD-AT and KD-SWA are not implemented.",
-        ),
+        notes=_sglr_note(sglr) + (_TE_NOTE, _KD_NOTE),
+        sources=(_run("cifar10", STANDARD_TEACHER, method="standard", labels="hard"),),
     )
 
 
