@@ -21,6 +21,9 @@ from .files import atomic_file, resume_fix
 # 4: "data_checksums" (the data directory's files the run trained on); only tensors and plain data inside
 # 5: "swa" (swa.py: the models averaged and the averaged state dict, which a checkpoint's numbers are of)
 FORMAT_VERSION = 5
+# Format 4 differs only by lacking "swa": it reads as a run without weight averaging (runs of the previous version
+# resume and evaluate). A format-4 reader refuses format 5, whose SWA average it would ignore.
+READABLE_FORMATS = (4, FORMAT_VERSION)
 MAGIC = b"FASTSGLR-CHECKPOINT"
 
 
@@ -54,10 +57,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     fields = header.split()
     if len(fields) != 3 or fields[0] != MAGIC or not fields[1].isdigit():
         raise UsageError(f"checkpoint {path} is not a fastsglr checkpoint (no fastsglr header)")
-    if int(fields[1]) != FORMAT_VERSION:
+    if int(fields[1]) not in READABLE_FORMATS:
         raise UsageError(
-            f"checkpoint {path} has format {int(fields[1])}; this fastsglr reads format "
-            f"{FORMAT_VERSION}: use the fastsglr version that wrote it"
+            f"checkpoint {path} has format {int(fields[1])}; this fastsglr reads formats "
+            f"{' and '.join(map(str, READABLE_FORMATS))}: use the fastsglr version that wrote it"
         )
     if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
         raise UsageError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")

@@ -5,6 +5,8 @@ BatchNorm statistics; the fast engine against the reference; KD-AT and KD-SWA ru
 
 import copy
 import dataclasses
+import hashlib
+import io
 import json
 
 import pytest
@@ -15,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from fastsglr import evaluation
 from fastsglr.attacks import pgd
-from fastsglr.checkpoint import load_checkpoint, load_model
+from fastsglr.checkpoint import MAGIC, load_checkpoint, load_model
 from fastsglr.cli import main
 from fastsglr.config import Config
 from fastsglr.data.loaders import Batch
@@ -25,7 +27,7 @@ from fastsglr.engine.reference import ReferenceEngine
 from fastsglr.labels import build_label_strategy
 from fastsglr.metrics import TrainMeter
 from fastsglr.optim import build_optimizer
-from fastsglr.swa import WeightAverage, recompute_bn
+from fastsglr.swa import WeightAverage, recompute_bn, reported_weights
 
 N, K, B = 24, 4, 8
 CFG = Config(eps=16 / 255, step_size=4 / 255, attack_steps=2, labels="hard", lr=0.1, kd_temperature=2.0)
@@ -306,3 +308,17 @@ def test_kd_swa_run_reports_the_average_and_resumes_exactly(digits_dir, tmp_path
         b = resumed[part] if part == "model" else resumed["swa"]["state"]
         for key in a:
             assert torch.equal(a[key], b[key]), (part, key)
+
+
+def test_a_format_4_checkpoint_reads_as_a_run_without_weight_averaging(tmp_path):
+    """The previous format lacks "swa" only: its runs still load, with their trained weights."""
+    net = tiny_bn_net(int(torch.randint(0, 10_000, ())))
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "epoch": 1}, buffer)
+    payload = buffer.getvalue()
+    path = tmp_path / "v4.pt"
+    path.write_bytes(b"%s 4 %s\n" % (MAGIC, hashlib.sha256(payload).hexdigest().encode()) + payload)
+    loaded = load_checkpoint(str(path))
+    assert "swa" not in loaded
+    for key, value in reported_weights(loaded).items():
+        assert torch.equal(value, net.state_dict()[key]), key

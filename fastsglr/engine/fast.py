@@ -223,6 +223,8 @@ class FastEngine:
             raise UsageError("a CUDA graph needs a CUDA device and the compiled iteration (it reads lr from memory)")
         if self.options.channels_last:
             model.to(memory_format=torch.channels_last)  # swaps each parameter's data: the optimizer keeps them
+            if distill is not None:  # KD's teachers take the same NHWC inputs
+                distill.to(memory_format=torch.channels_last)
         if compile_module:
             model = torch.compile(model, dynamic=False, options={"fallback_random": True})
         # DDP after the layout change: its gradient buckets take the parameters' strides when it is built.
