@@ -322,3 +322,32 @@ def test_a_format_4_checkpoint_reads_as_a_run_without_weight_averaging(tmp_path)
     assert "swa" not in loaded
     for key, value in reported_weights(loaded).items():
         assert torch.equal(value, net.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "standard"])
+def test_compiled_kd_and_standard_iterations_hold_no_syncing_op(method, monkeypatch):
+    """The ATen graph of the whole compiled iteration, teachers' forwards included, scanned op by op for anything
+    that syncs with the host (as test_fast_engine does for the other methods)."""
+    from test_fast_engine import NoHostSync
+    from torch._dynamo.backends.common import aot_autograd
+
+    targets = []
+
+    def record(graph_module, example_inputs):
+        targets.extend(node.target for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, **kwargs: real_compile(
+            fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)
+        ),
+    )
+    cfg = kd_cfg() if method == "pgd-at" else dataclasses.replace(CFG, method=method)
+    one_step(cfg, int(torch.randint(0, 10_000, ())), engine="fast")
+    assert torch.ops.aten.convolution_backward.default in targets
+    if method == "pgd-at":  # the two teachers' softened targets are part of the graph
+        assert targets.count(torch.ops.aten._softmax.default) >= 2
+    assert not [t for t in targets if t in NoHostSync.SYNCING]
