@@ -138,6 +138,9 @@ def _add_train(sub):
     p.set_defaults(run=_run_train)
 
 
+PATH_OPTIONS = ("data", "kd_teacher_adv", "kd_teacher_std")  # stored absolute in a run's config
+
+
 def config_from_args(args) -> C.Config:
     """Config defaults <- preset <- explicit flags, then validation."""
     import torch
@@ -152,12 +155,13 @@ def config_from_args(args) -> C.Config:
     if not cfg.out:
         raise UsageError("--out is required: name a directory for the run's checkpoints and metrics")
     # Absolute, so that the run resumes (and its checkpoints evaluate) from any working directory.
-    return C.validate(dataclasses.replace(cfg, data=os.path.abspath(cfg.data)))
+    paths = {name: os.path.abspath(getattr(cfg, name)) for name in PATH_OPTIONS if getattr(cfg, name)}
+    return C.validate(dataclasses.replace(cfg, **paths))
 
 
 def _same_setting(field, given, saved) -> bool:
     """Paths name the same folder however they are written (relative, absolute, with a trailing slash)."""
-    if field in ("data", "out"):
+    if field in ("out", *PATH_OPTIONS):
         return os.path.realpath(given) == os.path.realpath(saved)
     return given == saved
 

@@ -201,7 +201,7 @@ def test_each_flag_sets_its_field():
             value = round(rng.uniform(0.01, 0.99), 4)
             text = str(value)
         cfg = _cfg(*extra, flag, text)
-        expected = os.path.abspath(value) if name == "data" else value
+        expected = os.path.abspath(value) if name in ("data", "kd_teacher_adv", "kd_teacher_std") else value
         assert getattr(cfg, name) == _approx(expected), name
         others = {
             n: getattr(cfg, n)
