@@ -9,7 +9,7 @@ DEBS   := pkg-config libopencv-dev libturbojpeg0-dev
 VENV211  := .venv-torch211
 STAMP211 := $(VENV211)/.installed
 TESTDEPS := $(shell grep -E '^(numpy|scikit-learn|tqdm|pytest|pytest-benchmark)==' constraints.txt)
-TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_awp.py tests/test_kernels.py tests/test_kernels_aot.py
+TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_awp.py tests/test_distill.py tests/test_kernels.py tests/test_kernels_aot.py
 
 .PHONY: setup setup-torch211 demo test bench-quick clean
 
