@@ -85,8 +85,9 @@ class Distillation(nn.Module):
         return cls(adv, std, cfg).to(device)
 
     def loss(self, hard_ce: Tensor, logits_adv: Tensor, x_adv: Tensor) -> Tensor:
-        """coef_ce * ``hard_ce`` + coef_kd2 * KD(adv teacher) + coef_kd1 * KD(standard teacher), the teachers fed
-        ``x_adv``; each weight cast to the loss's float32 first, as objectives.py does with TRADES' beta."""
+        """coef_ce * ``hard_ce`` + coef_kd1 * KD(standard teacher) + coef_kd2 * KD(adv teacher), summed in their
+        order, the teachers fed ``x_adv``; each weight cast to the loss's float32 first (as objectives.py does with
+        TRADES' beta)."""
         with torch.no_grad():
             target_adv, target_std = self.teacher_adv(x_adv), self.teacher_std(x_adv)
         kd_adv = kd_loss(logits_adv, target_adv, self.kd_temperature)
