@@ -155,7 +155,7 @@ def training_data(args, device):
         mean=tuple(mean),
         std=tuple(std),
         crop_padding=4,
-        horizontal_flip=True,
+        horizontal_flip=True,  # timed with CIFAR's augmentation, which flips
         noise={},
     )
     loader = ArrayLoader(info, raw.train.images, raw.train.labels, args.batch_size, device)

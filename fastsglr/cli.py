@@ -45,6 +45,13 @@ def _add_prepare(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the label noise and of synthetic data")
     p.add_argument("--synthetic-train", type=int, default=50_000, metavar="N", help="synthetic: training images")
     p.add_argument("--synthetic-test", type=int, default=10_000, metavar="N", help="synthetic: test images")
+    p.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=32,
+        metavar="SIDE",
+        help="synthetic: image side, 32 (CIFAR's), 16 or 8 (block means of the 32 x 32 images)",
+    )
     p.set_defaults(run=_run_prepare)
 
 
@@ -64,6 +71,7 @@ def _run_prepare(args):
         seed=args.seed,
         synthetic_train=args.synthetic_train,
         synthetic_test=args.synthetic_test,
+        synthetic_size=args.synthetic_size,
     )
     print(
         f"wrote {args.out}: {meta['counts']['train']} train / {meta['counts']['test']} test images, "

@@ -86,7 +86,8 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
         natural_final = float(rows[run["row"]][1].split(" / ")[0])
         assert natural_final == pytest.approx(acc, abs=0.05)
         config = json.loads(open(os.path.join(run["run_dir"], "config.json")).read())
-        assert config["epochs"] == 2 and config["model"] == "smallcnn" and config["eps"] == pytest.approx(32 / 255)
+        assert config["epochs"] == 2 and config["model"] == "convmlp" and config["eps"] == pytest.approx(4 / 255)
+        assert config["preset"] == "standin" and config["augment"] == "none"  # digits is an 8x8 CPU stand-in
     configs = [json.load(open(os.path.join(r["run_dir"], "config.json"))) for r in report["runs"]]
     assert [c["labels"] for c in configs] == ["hard", "ls", "te", "sglr", "sglr", "hard", "hard", "hard"]
     assert [c["awp_gamma"] for c in configs] == [0.0] * 5 + [0.01, 0.0, 0.0]
@@ -119,7 +120,7 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
 
     assert "CIFAR-10 (measured on digits)" in markdown
     for says in (
-        "digits stands in for CIFAR-10",
+        "digits (8x8) stands in for CIFAR-10",
         "2 training epochs",
         "first 64 test images",
         "apgd_steps 10",
@@ -429,7 +430,7 @@ def test_transfer_table_crafts_on_its_sources(digits_dir, tmp_path, monkeypatch)
                 assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
                 assert float(diff) == pytest.approx(measured - paper_value, abs=0.11)
     for says in (
-        "digits stands in for CIFAR-10",
+        "digits (8x8) stands in for CIFAR-10",
         "1 training epoch per run",
         "first 30 test images",
         "source's best.pt",
@@ -470,7 +471,7 @@ def test_paper_numbers_are_consistent():
 
 
 def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
-    """`reproduce wrn` (Table B.4) on digits: AT and both AT+SGLR variants, trained by the demo preset's small CNN
+    """`reproduce wrn` (Table B.4) on digits: AT and both AT+SGLR variants, trained by the stand-in preset's network
     (the stand-in's network, stated in the notes), are Table 2's runs (same directory, cached evaluations), beside the
     paper's WRN-34-10 numbers; on CIFAR-10 its runs train WRN-34-10 on raw inputs, apart from Table 3's ResNet-18
     runs, and --model overrides it."""
@@ -502,7 +503,7 @@ def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
             shown, shown_paper, diff = CELL.match(cell.strip()).groups()
             assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
     for says in (
-        "digits stands in for CIFAR-10: model smallcnn",
+        "digits (8x8) stands in for CIFAR-10: model convmlp",
         "(the paper: WRN-34-10, 8/255, 200 epochs)",
         'the table prints "ResNet-34-10"',
         "`fastsglr reproduce table3`",
@@ -582,3 +583,69 @@ def test_schedules_figure_measures_the_hessian_trace(table2, digits_dir):
     ):
         assert says in markdown, says
     assert os.path.getsize(out / "schedules_curves.png") > 0
+
+
+def _history(rng, epochs, noisy):
+    return [
+        {
+            "test_pgd_acc": float(rng.uniform(20, 60)),
+            "train_adv_memorized_corrupted": float(rng.uniform(0, 90)) if noisy else None,
+        }
+        for _ in range(epochs)
+    ]
+
+
+def test_overfitting_rows_are_mean_and_sample_sd_over_seeds():
+    rng = np.random.default_rng(8)
+    spec = TABLES["overfitting"]()
+    results = [(run, Measured("", _history(rng, 5, run.noise > 0), {})) for run in spec.runs]
+    (block,) = spec.blocks(results)
+    assert block.columns == ["PGD best", "PGD final", "best - final", "memorised (final epoch)"]
+    rows = dict(block.rows)
+    assert list(rows) == [
+        "PGD-AT, 0% noise",
+        "PGD-AT, 40% noise",
+        "PGD-AT+SGLR (paper), 0% noise",
+        "PGD-AT+SGLR (paper), 40% noise",
+    ]
+    for label, cells in rows.items():
+        histories = [m.history for run, m in results if f"{run.row}, {run.noise:.0%} noise" == label]
+        assert len(histories) == 3  # one per seed
+        pgd = np.array([[e["test_pgd_acc"] for e in h] for h in histories])
+        per_seed = [pgd.max(1), pgd[:, -1], pgd.max(1) - pgd[:, -1]]
+        if "40%" in label:
+            per_seed.append(np.array([h[-1]["train_adv_memorized_corrupted"] for h in histories]))
+        else:
+            assert cells[3] == (None, None)  # no corrupted labels to memorise
+        for (spread, paper_value), values in zip(cells, per_seed):
+            assert paper_value is None
+            assert spread.mean == pytest.approx(values.mean()) and spread.sd == pytest.approx(values.std(ddof=1))
+            assert spread.values == pytest.approx(values)
+
+
+def test_overfitting_table_end_to_end_on_small_synthetic_images(tmp_path):
+    """`reproduce overfitting` on 8x8 synthetic data: twelve runs (two label strategies x clean / 40% noise x three
+    seeds) trained with the stand-in preset, rendered as mean ± sd; the JSON's numbers are the runs' own histories."""
+    data = str(tmp_path / "syn8")
+    args = ["--dataset", "synthetic", "--synthetic-size", "8", "--synthetic-train", "256", "--synthetic-test", "64"]
+    assert main(["prepare", *args, "--out", data]) == 0
+    report = reproduce("overfitting", data, str(tmp_path / "out"), epochs=2, device="cpu", log=lambda *_: None)
+    assert len(report["runs"]) == 12 and len({r["run_dir"] for r in report["runs"]}) == 12
+    configs = [json.load(open(os.path.join(r["run_dir"], "config.json"))) for r in report["runs"]]
+    assert {(c["labels"], c["seed"], r["noise"]) for c, r in zip(configs, report["runs"])} == {
+        (labels, seed, noise) for labels in ("hard", "sglr") for seed in (0, 1, 2) for noise in (0.0, 0.4)
+    }
+    for c in configs:
+        assert (c["preset"], c["model"], c["augment"], c["epochs"]) == ("standin", "convmlp", "none", 2)
+        assert c["eps"] == pytest.approx(4 / 255) and c["method"] == "pgd-at"
+    (block,) = report["blocks"]
+    for row in block["rows"]:
+        row_runs = [r for r in report["runs"] if f"{r['row']}, {r['noise']:.0%} noise" == row["label"]]
+        finals = [read_history(r["run_dir"])[-1]["test_pgd_acc"] for r in row_runs]
+        assert row["measured"][1]["mean"] == pytest.approx(np.mean(finals))
+        assert row["measured"][1]["sd"] == pytest.approx(np.std(finals, ddof=1))
+        line = next(line for line in report["markdown"].splitlines() if line.startswith(f"| {row['label']} |"))
+        assert f"{np.mean(finals):.1f} ± {np.std(finals, ddof=1):.1f}" in line
+    assert "mean ± sample standard deviation over the seeds" in report["markdown"]
+    assert "synthetic (8x8) stands in for CIFAR-10: model convmlp" in report["markdown"]
+    assert "Realised wrong-label rates: eta 40%" in report["markdown"]

@@ -267,6 +267,27 @@ def test_synthetic_shapes_and_reproducibility():
     np.testing.assert_array_equal(a.test.images, bigger_train.test.images)
 
 
+@pytest.mark.parametrize("side", [16, 8])
+def test_small_synthetic_images_are_block_means_of_the_full_size_ones(side):
+    full = load_raw("synthetic", seed=5, synthetic_train=30, synthetic_test=12)
+    small = load_raw("synthetic", seed=5, synthetic_train=30, synthetic_test=12, synthetic_size=side)
+    k = 32 // side
+    for big, little in ((full.train, small.train), (full.test, small.test)):
+        assert little.images.shape == (len(big.labels), side, side, 3) and little.images.dtype == np.uint8
+        np.testing.assert_array_equal(little.labels, big.labels)
+        i, y, x, c = 7 % len(big.labels), side - 1, side // 2, 2  # one pixel by hand: the mean of its k x k block
+        block = [int(big.images[i, y * k + dy, x * k + dx, c]) for dy in range(k) for dx in range(k)]
+        assert little.images[i, y, x, c] == round(sum(block) / len(block))
+        means = big.images.astype(np.float64).reshape(-1, side, k, side, k, 3).mean(axis=(2, 4))
+        assert np.abs(little.images - means).max() <= 0.5 + 1e-4  # every pixel rounded to the nearest level
+    assert not full.horizontal_flip and not small.horizontal_flip  # a mirrored class pattern is no class's pattern
+
+
+def test_synthetic_size_must_divide_the_full_size():
+    with pytest.raises(UsageError, match=r"^--synthetic-size 12 is not offered: choose 32, 16 or 8$"):
+        load_raw("synthetic", synthetic_train=10, synthetic_test=10, synthetic_size=12)
+
+
 def test_synthetic_is_learnable_well_above_chance():
     data = load_raw("synthetic", seed=11, synthetic_train=3000, synthetic_test=1000)
     x = data.train.images.reshape(3000, -1).astype(np.float64)

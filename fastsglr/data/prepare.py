@@ -24,11 +24,19 @@ def prepare(
     seed=0,
     synthetic_train=50_000,
     synthetic_test=10_000,
+    synthetic_size=32,
     num_workers=1,
     log=print,
 ):
     """Write a data directory. Only the training labels get noise; the clean labels are kept beside them."""
-    raw = load_raw(dataset, root, seed=seed, synthetic_train=synthetic_train, synthetic_test=synthetic_test)
+    raw = load_raw(
+        dataset,
+        root,
+        seed=seed,
+        synthetic_train=synthetic_train,
+        synthetic_test=synthetic_test,
+        synthetic_size=synthetic_size,
+    )
     num_classes = len(raw.classes)
     noisy = corrupt_labels(
         raw.train.labels, num_classes, label_noise, noise_type, seed, superclass=raw.superclass, dataset=dataset

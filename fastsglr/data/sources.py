@@ -56,18 +56,19 @@ def load_raw(
     seed: int = 0,
     synthetic_train: int = 50_000,
     synthetic_test: int = 10_000,
+    synthetic_size: int = 32,
     download: bool = True,
 ) -> RawDataset:
     """Read (or generate) data set `name`.
 
-    `root` is the folder holding (or to receive) the CIFAR files; `seed` and the sizes only affect synthetic.
+    `root` is the folder holding (or to receive) the CIFAR files; `seed`, the sizes and the side only affect synthetic.
     """
     if name in _CIFAR:
         return _load_cifar(_CIFAR[name], root, download)
     if name == "digits":
         return _load_digits()
     if name == "synthetic":
-        return _make_synthetic(seed, synthetic_train, synthetic_test)
+        return _make_synthetic(seed, synthetic_train, synthetic_test, synthetic_size)
     raise UsageError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
 
 
@@ -411,13 +412,20 @@ _SYNTH_CHUNK = 1_000  # images per step, in two reused 12 MB float32 buffers: fr
 # more (page faults) than the arithmetic itself
 
 
-def _make_synthetic(seed: int, n_train: int, n_test: int) -> RawDataset:
+SYNTHETIC_SIZES = (32, 16, 8)
+
+
+def _make_synthetic(seed: int, n_train: int, n_test: int, side: int = 32) -> RawDataset:
     """CIFAR-shaped images whose class is a fixed smooth colour pattern, hidden under image-level and pixel noise.
 
     Learnable (nearest class mean gets about 80 %, a small CNN more, within a few epochs) but not saturated,
     because every image also carries a random pattern as smooth as, and stronger than, its class pattern. Prototypes,
     train and test draw from independent streams of `seed`, so the test set does not change with the train size.
+    A ``side`` below 32 averages blocks of the 32 x 32 images: the same classes at a fraction of the compute (each
+    8 x 8 pixel the mean of a 4 x 4 block), for CPU-scale studies such as the stand-in of docs/reproduce.md.
     """
+    if side not in SYNTHETIC_SIZES:
+        raise UsageError(f"--synthetic-size {side} is not offered: choose 32, 16 or 8")
     for what, n in (("train", n_train), ("test", n_test)):
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise UsageError(f"synthetic {what} size {n!r} is invalid: give a positive number of images")
@@ -428,11 +436,22 @@ def _make_synthetic(seed: int, n_train: int, n_test: int) -> RawDataset:
     return RawDataset(
         name="synthetic",
         classes=[f"class{k}" for k in range(_SYNTH_CLASSES)],
-        train=_synthetic_split(np.random.default_rng(train_seq), prototypes, n_train),
-        test=_synthetic_split(np.random.default_rng(test_seq), prototypes, n_test),
+        train=_block_mean(_synthetic_split(np.random.default_rng(train_seq), prototypes, n_train), side),
+        test=_block_mean(_synthetic_split(np.random.default_rng(test_seq), prototypes, n_test), side),
         superclass=None,
         source_files={},
+        # A mirrored image shows the mirrored class pattern, which is no class's pattern.
+        horizontal_flip=False,
     )
+
+
+def _block_mean(split: Split, side: int) -> Split:
+    """The images shrunk to side x side, each pixel the rounded mean of its block of the 32 x 32 image."""
+    if side == _CIFAR_SIDE:
+        return split
+    k = _CIFAR_SIDE // side
+    blocks = split.images.reshape(-1, side, k, side, k, 3).mean(axis=(2, 4), dtype=np.float32)
+    return Split(np.rint(blocks).astype(np.uint8), split.labels)
 
 
 def _upsample_matrix() -> np.ndarray:

@@ -14,7 +14,7 @@ from .small_cnn import conv_bn_relu
 
 
 class ConvMLP(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, mean, std, width: int = 64):
+    def __init__(self, num_classes: int, in_channels: int, mean, std, width: int = 64, hidden: int = 256):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
@@ -26,7 +26,7 @@ class ConvMLP(nn.Module):
             # 8x8 digits are 2 x 2 here already; larger images are pooled to the same head.
             nn.AdaptiveAvgPool2d(2),
         )
-        self.head = nn.Sequential(nn.Linear(8 * width, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes))
+        self.head = nn.Sequential(nn.Linear(8 * width, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.features(self.normalize(x)), 1))

@@ -7,13 +7,16 @@ CIFAR-10 and CIFAR-100), ``table4`` (SGLR's r x T ablation), ``noise`` (Table B.
 ``transfer`` (Table B.3: PGD-AT and PGD-AT+SGLR targets under black-box PGD-10 and CW-inf examples crafted on
 ResNet-34 and ResNet-50 sources trained with PGD-AT), ``wrn`` (Table B.4: PGD-AT and PGD-AT+SGLR on WRN-34-10) and
 ``schedules`` (Fig. B.7: vanilla PGD-AT under the piecewise and the cosine learning-rate schedule, per epoch: test
-PGD accuracy, gradient norm and the Hessian trace of the training loss). A table's source runs are trained like its
-other runs but only craft transfer examples: they fill no cell.
+PGD accuracy, gradient norm and the Hessian trace of the training loss) and ``overfitting`` (no table of the paper's:
+robust overfitting and label memorisation, PGD-AT vs PGD-AT+SGLR over three seeds, clean and under 40% symmetric
+noise; the study of the CPU stand-in). A table's source runs are trained like its other runs but fill no cell.
 
 Data: ``data`` holds one directory per data set. Each of the table's data sets uses the directory of that data set;
 a directory of a data set the paper does not use (digits, synthetic) stands in for every one that has none, so one
-digits directory gives a quick look at any table. Digits runs use the ``demo`` preset (small CNN, eps 32/255), the
-others the paper's settings and network: ResNet-18 fed raw [0, 1] inputs, as the authors' scripts train it
+digits directory gives a quick look at any table. 8x8 stand-ins (digits, 8x8 synthetic data) train with the
+``standin`` preset (the ``convmlp`` network, eps 4/255, no augmentation, 100 epochs: the CPU-scale setting in which
+PGD-AT robustly overfits and memorises noisy labels, docs/reproduce.md), the others with the paper's settings and
+network: ResNet-18 fed raw [0, 1] inputs, as the authors' scripts train it
 (``ARCH=resnet18``, no normalisation), or the table's own network (Table B.4: WRN-34-10) where the paper names one;
 ``model`` overrides the network of every run. Within a table, runs differ only in method, labels, the SGLR settings,
 label noise and the learning-rate schedule.
@@ -48,7 +51,7 @@ from ..trainer import read_history
 from .data import _data_for, _with_noise
 from .grid import _base_config, _evaluate, _network, _run_config, _train_or_resume
 from .render import _block_heading, _notes, render
-from .tables import SGLR_TABLES, TABLES, Measured
+from .tables import SGLR_TABLES, TABLES, Measured, Spread
 
 
 def _figures(name, results, out, wrong_rates, panels) -> list:
@@ -85,10 +88,10 @@ def reproduce(
 ) -> dict:
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` and ``precision`` None:
-    the config's defaults for the device; ``model`` None: ResNet-18 or the table's own network (the demo preset's
-    model on digits); ``sglr`` None: both variants (table2, table3 and wrn only). With the fast engine every run of
-    the table trains in this one process: the runs' numbers reach the compiled iteration as device tensors, so only
-    a new structure (method, label strategy) compiles."""
+    the config's defaults for the device; ``model`` None: ResNet-18 or the table's own network (the standin
+    preset's network on an 8x8 stand-in); ``sglr`` None: both variants (table2, table3 and wrn only). With the fast
+    engine every run of the table trains in this one process: the runs' numbers reach the compiled iteration as device
+    tensors, so only a new structure (method, label strategy) compiles."""
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
     if sglr is not None and table not in SGLR_TABLES:
@@ -162,7 +165,7 @@ def reproduce(
         wrong_rates=wrong_rates,
         model=model,
     )
-    markdown = render(spec.title, blocks, infos, notes)
+    markdown = render(spec.title, spec.legend, blocks, infos, notes)
     with atomic_file(os.path.join(out, f"{table}.md"), "w") as f:
         f.write(markdown)
     report = {
@@ -176,7 +179,11 @@ def reproduce(
                 "heading": _block_heading(b, infos),
                 "columns": b.columns,
                 "rows": [
-                    {"label": label, "measured": [m for m, _ in cells], "paper": [p for _, p in cells]}
+                    {
+                        "label": label,
+                        "measured": [m._asdict() if isinstance(m, Spread) else m for m, _ in cells],
+                        "paper": [p for _, p in cells],
+                    }
                     for label, cells in b.rows
                 ],
             }

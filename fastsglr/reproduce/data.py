@@ -39,12 +39,13 @@ def _with_noise(info, rate, out, root, log):
     path = os.path.join(out, "data", f"{info.dataset}-symmetric{rate:g}")
     try:
         noisy = read_data_dir(path)
-        # The definition too: a copy written before "symmetric" meant resampling holds other labels.
+        # The definition too: a copy written before "symmetric" meant resampling holds other labels; and the shape
+        # and counts: a synthetic copy of another size is another data set.
         if (noisy.noise["rate"], noisy.noise["type"], noisy.noise.get("definition")) == (
             rate,
             "symmetric",
             NOISE_DEFINITIONS["symmetric"],
-        ):
+        ) and (noisy.image_shape, noisy.counts) == (info.image_shape, info.counts):
             return noisy
     except UsageError:
         pass
@@ -64,6 +65,7 @@ def _with_noise(info, rate, out, root, log):
         seed=info.noise["seed"],
         synthetic_train=info.counts["train"],
         synthetic_test=info.counts["test"],
+        synthetic_size=info.image_size,
         log=log,
     )
     return read_data_dir(path)

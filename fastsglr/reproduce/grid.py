@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..files import write_json
 from ..robustness import REPORT_FORMAT, evaluate_checkpoint
 from ..trainer import train
-from .tables import PAPER_EPOCHS, PAPER_NETWORK, Run, Table
+from .tables import PAPER_DATASETS, PAPER_EPOCHS, PAPER_NETWORK, Run, Table
 
 # Config fields a finished or interrupted run may differ in and still be the same run.
 _NOT_THE_RUN = ("data", "device", "out")
@@ -21,8 +21,8 @@ _NOT_THE_RUN = ("data", "device", "out")
 
 def _base_config(info, *, epochs, eval_subset, device, engine, precision=None, model=None) -> Config:
     cfg = Config(data=info.root, device=device)
-    if info.dataset == "digits":
-        cfg = apply_preset(cfg, "demo")
+    if cpu_stand_in(info):
+        cfg = apply_preset(cfg, "standin")
     else:
         cfg = dataclasses.replace(cfg, **PAPER_NETWORK)
     if model:
@@ -40,10 +40,16 @@ def _base_config(info, *, epochs, eval_subset, device, engine, precision=None, m
     return cfg
 
 
+def cpu_stand_in(info) -> bool:
+    """8x8 data the paper does not use (digits, ``prepare --dataset synthetic --synthetic-size 8``): trained with the
+    ``standin`` preset, the paper's phenomenon at CPU scale, instead of the paper's network and settings."""
+    return info.dataset not in PAPER_DATASETS and info.image_size <= 8
+
+
 def _network(table: Table, info, model) -> dict:
     """The table's own network as Config overrides, where the paper's network is trained (see ``_base_config``):
-    not on digits, whose demo preset's small CNN stands in, and not when ``model`` names every run's."""
-    return {} if model or info.dataset == "digits" else dict(table.network)
+    not on a CPU stand-in, whose preset's network stands in, and not when ``model`` names every run's."""
+    return {} if model or cpu_stand_in(info) else dict(table.network)
 
 
 def _run_config(base: Config, info, run: Run, out, network=None, teachers=None) -> Config:

@@ -5,10 +5,14 @@ import dataclasses
 from ..config import n_epochs
 from ..robustness import STANDARD, sgls_pgd
 from .grid import _network
-from .tables import PAPER_DATASETS, PAPER_EPOCHS, PAPER_NETWORK, Block, Table
+from .tables import PAPER_DATASETS, PAPER_EPOCHS, PAPER_NETWORK, Block, Spread, Table
 
 
 def _cell(measured, printed, digits) -> str:
+    if measured is None:
+        return "–"
+    if isinstance(measured, Spread):
+        return f"{measured.mean:.{digits}f} ± {measured.sd:.{digits}f}"
     if printed is None:
         return f"{measured:.{digits}f} / –"
     return f"{measured:.{digits}f} / {printed:.{digits}f} ({measured - printed:+.{digits}f})"
@@ -24,9 +28,9 @@ def _block_heading(block: Block, infos) -> str:
     return f"{heading}: {block.caption}" if block.caption else heading
 
 
-def render(title, blocks, infos, notes) -> str:
+def render(title, legend, blocks, infos, notes) -> str:
     """The markdown page: one table per block, then the notes."""
-    lines = [f"# {title}", "", "Each cell: measured / paper (measured - paper); – where the paper has no number.", ""]
+    lines = [f"# {title}", "", legend, ""]
     for b in blocks:
         digits = b.digits if isinstance(b.digits, tuple) else (b.digits,) * len(b.columns)
         lines += [
@@ -69,10 +73,11 @@ def _network_note(dataset, info, cfg, table: Table) -> str:
     """``cfg``: the base config with the table's network in it, as the runs train it."""
     inputs = "raw [0, 1] inputs" if cfg.input_norm == "none" else "inputs normalised by the data's mean / std"
     if info.dataset != dataset:
+        augment = "no augmentation" if cfg.augment == "none" else "random flips and crops"
         return (
-            f"{info.dataset} stands in for {PAPER_DATASETS[dataset]}: model {cfg.model} on {inputs}, eps "
-            f"{cfg.eps * 255:.4g}/255, {n_epochs(cfg.epochs)} (the paper: {table.network_name}, 8/255, "
-            f"{PAPER_EPOCHS} epochs)."
+            f"{info.dataset} ({info.image_size}x{info.image_size}) stands in for {PAPER_DATASETS[dataset]}: model "
+            f"{cfg.model} on {inputs}, eps {cfg.eps * 255:.4g}/255, {augment}, {n_epochs(cfg.epochs)} (the paper: "
+            f"{table.network_name}, 8/255, random crops and flips, {PAPER_EPOCHS} epochs)."
         )
     expected = {**PAPER_NETWORK, **dict(table.network)}
     if (cfg.model, cfg.input_norm) != (expected["model"], expected["input_norm"]):

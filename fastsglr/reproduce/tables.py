@@ -1,8 +1,10 @@
 """The paper's tables as data: what a table's runs are (Run), how its measured numbers become markdown blocks
 (Block, from each run's Measured), and one builder per table returning its spec (Table); ``TABLES`` names them."""
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .. import paper_numbers as paper
 from ..config import PRESETS, Config
@@ -67,6 +69,7 @@ class Table:
     network: tuple = ()  # Config overrides of the paper's network for this table, where not ResNet-18
     network_name: str = PAPER_MODEL
     panels: tuple = PANELS  # the per-epoch curves of the runs' figure (report.plot_curves)
+    legend: str = "Each cell: measured / paper (measured - paper); – where the paper has no number."
 
 
 def _run(dataset, row, column="", noise=0.0, paper=None, source="", teachers=(), **overrides) -> Run:
@@ -390,8 +393,8 @@ def _wrn(sglr="both"):
         notes=_sglr_note(sglr)
         + (
             'WRN-34-10: depth 34, widen factor 10 (the table prints "ResNet-34-10"), fed raw [0, 1] inputs '
-            "like the authors' ResNet-18 (the paper does not say how it fed its WRN). On digits the demo "
-            "preset's small CNN stands in for it, as for every table's network (--model overrides).",
+            "like the authors' ResNet-18 (the paper does not say how it fed its WRN). On an 8x8 CPU stand-in "
+            "the standin preset's network stands in for it, as for every table's network (--model overrides).",
             "Table B.4's ResNet-18 block repeats Table 3's AT and AT+SGLR rows: `fastsglr reproduce table3`.",
         ),
         network=WRN_NETWORK,
@@ -485,6 +488,80 @@ def _schedules():
     )
 
 
+class Spread(NamedTuple):
+    """One measure of a row's runs over their seeds."""
+
+    mean: float
+    sd: float  # the sample standard deviation (n - 1)
+    values: tuple  # per seed, in seed order
+
+
+def _spread(values) -> Spread:
+    return Spread(statistics.fmean(values), statistics.stdev(values), tuple(values))
+
+
+OVERFITTING_SEEDS = (0, 1, 2)
+OVERFITTING_NOISE = (0.0, 0.4)
+OVERFITTING_ROWS = (("PGD-AT", dict(labels="hard")), ("PGD-AT+SGLR (paper)", PRESETS["paper"]))
+
+
+def _test_pgd_best(history) -> float:
+    return max(row["test_pgd_acc"] for row in history)
+
+
+# (column, measure of one run's per-epoch history, whether it needs label noise)
+OVERFITTING_MEASURES = (
+    ("PGD best", _test_pgd_best, False),
+    ("PGD final", lambda h: h[-1]["test_pgd_acc"], False),
+    ("best - final", lambda h: _test_pgd_best(h) - h[-1]["test_pgd_acc"], False),
+    ("memorised (final epoch)", lambda h: h[-1]["train_adv_memorized_corrupted"], True),
+)
+
+
+def _overfitting_blocks(results):
+    """One row per (label strategy, noise rate): each measure as mean ± sd over the seeds; – where it needs noise."""
+    runs_of = {}
+    for run, m in results:
+        runs_of.setdefault((run.row, run.noise), []).append(m.history)
+    rows = [
+        (
+            f"{row}, {noise:.0%} noise",
+            [
+                (_spread([measure(h) for h in histories]) if noise or not noisy else None, None)
+                for _, measure, noisy in OVERFITTING_MEASURES
+            ],
+        )
+        for (row, noise), histories in runs_of.items()
+    ]
+    return [Block(results[0][0].dataset, "labels, noise", [name for name, _, _ in OVERFITTING_MEASURES], rows)]
+
+
+def _overfitting():
+    runs = tuple(
+        _run("cifar10", row, f"{noise:.0%} noise, seed {seed}", noise=noise, method="pgd-at", seed=seed, **settings)
+        for row, settings in OVERFITTING_ROWS
+        for noise in OVERFITTING_NOISE
+        for seed in OVERFITTING_SEEDS
+    )
+    return Table(
+        "Robust overfitting and label memorisation: PGD-AT vs PGD-AT+SGLR over seeds (the CPU stand-in's study)",
+        runs,
+        (),
+        (),
+        _overfitting_blocks,
+        notes=(
+            f"Seeds {', '.join(map(str, OVERFITTING_SEEDS))} per row (initialisation, batch order, attacks; the noisy "
+            f"labels are the same for every seed). PGD best / final: the per-epoch test PGD accuracy (the per-epoch "
+            f"evaluator below), its highest epoch and its last; best - final is taken per seed, then averaged. The "
+            f"best of many noisy epochs is biased upwards: with no overfitting at all the gap is above 0.",
+            "memorised: the share of the corrupted training samples whose training adversarial example the model "
+            "predicts as the corrupted label, in the last epoch (Dong et al.'s measure, the paper's Fig. 4).",
+            "The paper reports no such table; its CIFAR-10 counterparts are Table 2 (best / final) and Fig. 4.",
+        ),
+        legend="Each cell: mean ± sample standard deviation over the seeds; – where the measure needs label noise.",
+    )
+
+
 TABLES = {
     "table2": _table2,
     "table3": _table3,
@@ -494,4 +571,5 @@ TABLES = {
     "transfer": _transfer,
     "wrn": _wrn,
     "schedules": _schedules,
+    "overfitting": _overfitting,
 }
