@@ -127,7 +127,7 @@ def test_table2_puts_paper_numbers_beside_measured(table2, digits_dir):
         "| natural best | natural final | natural diff | PGD-20 best |",
         "PGD-20 (SGLS) best",
         "PGD-20 (SGLS): the authors' final evaluator",
-        "here eps 0.124, step 0.012",
+        "here eps 0.0155, step 0.0015",
         "highest per-epoch test PGD-10 (steps of eps/4)",
         "Trained with: reference engine, fp32 on cpu (every run).",
         "KD-AT and KD-SWA rows as Chen et al.'s code",
@@ -504,7 +504,7 @@ def test_wrn_table_shares_the_stand_in_runs(table2, digits_dir, tmp_path):
             assert float(shown) == pytest.approx(measured, abs=0.051) and float(shown_paper) == paper_value
     for says in (
         "digits (8x8) stands in for CIFAR-10: model convmlp",
-        "(the paper: WRN-34-10, 8/255, 200 epochs)",
+        "(the paper: WRN-34-10, 8/255, random crops and flips, 200 epochs)",
         'the table prints "ResNet-34-10"',
         "`fastsglr reproduce table3`",
         "(sgls-code): the authors'",
