@@ -242,7 +242,7 @@ PRESETS = {
     ),
     # The CPU stand-in of `reproduce` (docs/reproduce.md, "The CPU stand-in"), found by a search over width, eps,
     # augmentation and data: on 8x8 synthetic data (2,000 training images) PGD-AT robustly overfits and, under label
-    # noise, memorises its corrupted labels, as on CIFAR; a run takes about 4 minutes on one CPU core.
+    # noise, memorises its corrupted labels, as on CIFAR; a run took 5-9 minutes on one core of a shared 2-core CPU.
     "standin": dict(
         model="convmlp",
         augment="none",
