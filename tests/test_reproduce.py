@@ -649,3 +649,7 @@ def test_overfitting_table_end_to_end_on_small_synthetic_images(tmp_path):
     assert "mean ± sample standard deviation over the seeds" in report["markdown"]
     assert "synthetic (8x8) stands in for CIFAR-10: model convmlp" in report["markdown"]
     assert "Realised wrong-label rates: eta 40%" in report["markdown"]
+    assert (
+        "The per-epoch test accuracy is under PGD-10 (steps of eps/4), from a uniform random start."
+        in report["markdown"]
+    )

@@ -61,11 +61,13 @@ def _evaluator_notes(table: Table, base_cfgs) -> list:
                 f"{radius:.4g}, step {step:.4g}. The paper does not say which PGD-20 it printed: both "
                 f"stand beside its number."
             )
+    shown = ", ".join(dict.fromkeys(f"PGD-{cfg.eval_steps} (steps of eps/4)" for cfg in base_cfgs.values()))
     if "best" in table.checkpoints:
-        shown = ", ".join(dict.fromkeys(f"PGD-{cfg.eval_steps} (steps of eps/4)" for cfg in base_cfgs.values()))
         notes.append(
             f"best: the checkpoint of the epoch with the highest per-epoch test {shown} accuracy; diff = best - final."
         )
+    elif not table.checkpoints:
+        notes.append(f"The per-epoch test accuracy is under {shown}, from a uniform random start.")
     return notes
 
 

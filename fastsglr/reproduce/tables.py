@@ -551,8 +551,8 @@ def _overfitting():
         _overfitting_blocks,
         notes=(
             f"Seeds {', '.join(map(str, OVERFITTING_SEEDS))} per row (initialisation, batch order, attacks; the noisy "
-            f"labels are the same for every seed). PGD best / final: the per-epoch test PGD accuracy (the per-epoch "
-            f"evaluator below), its highest epoch and its last; best - final is taken per seed, then averaged. The "
+            f"labels are the same for every seed). PGD best / final: the per-epoch test PGD accuracy (its attack: "
+            f"below), at its highest epoch and at the last; best - final is taken per seed, then averaged. The "
             f"best of many noisy epochs is biased upwards: with no overfitting at all the gap is above 0.",
             "memorised: the share of the corrupted training samples whose training adversarial example the model "
             "predicts as the corrupted label, in the last epoch (Dong et al.'s measure, the paper's Fig. 4).",
