@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from test_awp import tiny_bn_net  # the same tiny conv-BN net with perturbed BN statistics, K classes
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from fastsglr import evaluation
@@ -31,16 +31,6 @@ from fastsglr.swa import WeightAverage, recompute_bn, reported_weights
 
 N, K, B = 24, 4, 8
 CFG = Config(eps=16 / 255, step_size=4 / 255, attack_steps=2, labels="hard", lr=0.1, kd_temperature=2.0)
-
-
-def tiny_bn_net(seed):
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 6 * 6, K)
-    )
-    net[1].running_mean.uniform_(-0.2, 0.2)
-    net[1].running_var.uniform_(0.5, 1.5)
-    return net
 
 
 def make_batch(seed, size=B):
@@ -328,23 +318,9 @@ def test_a_format_4_checkpoint_reads_as_a_run_without_weight_averaging(tmp_path)
 def test_compiled_kd_and_standard_iterations_hold_no_syncing_op(method, monkeypatch):
     """The ATen graph of the whole compiled iteration, teachers' forwards included, scanned op by op for anything
     that syncs with the host (as test_fast_engine does for the other methods)."""
-    from test_fast_engine import NoHostSync
-    from torch._dynamo.backends.common import aot_autograd
+    from test_fast_engine import NoHostSync, record_compiled_aten_ops
 
-    targets = []
-
-    def record(graph_module, example_inputs):
-        targets.extend(node.target for node in graph_module.graph.nodes if node.op == "call_function")
-        return graph_module
-
-    real_compile = torch.compile
-    monkeypatch.setattr(
-        torch,
-        "compile",
-        lambda fn, **kwargs: real_compile(
-            fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)
-        ),
-    )
+    targets = record_compiled_aten_ops(monkeypatch)
     cfg = kd_cfg() if method == "pgd-at" else dataclasses.replace(CFG, method=method)
     one_step(cfg, int(torch.randint(0, 10_000, ())), engine="fast")
     assert torch.ops.aten.convolution_backward.default in targets

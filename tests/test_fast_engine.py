@@ -291,10 +291,9 @@ def test_compiled_whole_runs_eagerly_past_the_recompile_limit():
         torch.testing.assert_close(compiled(x, 4), 4 * x)
 
 
-def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
-    """The graph torch.compile builds for the whole iteration (forward, the attack's input gradients, backward, SGD,
-    metrics, all as ATen ops after AOTAutograd), scanned op by op for anything that syncs with the host. This checks
-    the compiled iteration itself, where NoHostSync above can only check its eager twin."""
+def record_compiled_aten_ops(monkeypatch) -> list:
+    """Every torch.compile in the test compiles with fullgraph=True through AOTAutograd, recording into the returned
+    list the target of each ATen op of the forward and backward graphs it builds."""
     from torch._dynamo.backends.common import aot_autograd
 
     targets = []
@@ -311,6 +310,14 @@ def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
             fn, fullgraph=True, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=record)
         ),
     )
+    return targets
+
+
+def test_compiled_iteration_graph_holds_no_syncing_op(monkeypatch):
+    """The graph torch.compile builds for the whole iteration (forward, the attack's input gradients, backward, SGD,
+    metrics, all as ATen ops after AOTAutograd), scanned op by op for anything that syncs with the host. This checks
+    the compiled iteration itself, where NoHostSync above can only check its eager twin."""
+    targets = record_compiled_aten_ops(monkeypatch)
     run = make_run("cpu", options=FastOptions(compile=True), engine="fast")
     _, batches = make_data("cpu", 1)
     run[3].step(batches[0], TrainMeter("cpu"), 0)
