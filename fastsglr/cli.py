@@ -281,13 +281,13 @@ def _add_reproduce(sub):
         p,
         "model",
         default="resnet18 on raw inputs, the paper's, or the table's own (wrn: wrn34_10); on "
-        "digits the demo preset's smallcnn",
+        "an 8x8 stand-in (digits, --synthetic-size 8) the standin preset's convmlp",
     )
     p.add_argument(
         "--sglr",
         choices=("paper", "sgls-code", "both"),
-        help="table2 / table3 / wrn: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or the authors' "
-        "released code (r 1, T 1, warm-up); default: both",
+        help="table2 / table3 / wrn / overfitting: the SGLR rows' variant, the paper's formula (r 0.2, T 1.5) or "
+        "the authors' released code (r 1, T 1, warm-up); default: both",
     )
     _add_option(p, "precision", check_choices=True)
     p.set_defaults(run=_run_reproduce)

@@ -603,10 +603,9 @@ def test_overfitting_rows_are_mean_and_sample_sd_over_seeds():
     assert block.columns == ["PGD best", "PGD final", "best - final", "memorised (final epoch)"]
     rows = dict(block.rows)
     assert list(rows) == [
-        "PGD-AT, 0% noise",
-        "PGD-AT, 40% noise",
-        "PGD-AT+SGLR (paper), 0% noise",
-        "PGD-AT+SGLR (paper), 40% noise",
+        f"{row}, {noise} noise"
+        for row in ("PGD-AT", "PGD-AT+SGLR (paper)", "PGD-AT+SGLR (sgls-code)")
+        for noise in ("0%", "40%")
     ]
     for label, cells in rows.items():
         histories = [m.history for run, m in results if f"{run.row}, {run.noise:.0%} noise" == label]
@@ -624,12 +623,14 @@ def test_overfitting_rows_are_mean_and_sample_sd_over_seeds():
 
 
 def test_overfitting_table_end_to_end_on_small_synthetic_images(tmp_path):
-    """`reproduce overfitting` on 8x8 synthetic data: twelve runs (two label strategies x clean / 40% noise x three
-    seeds) trained with the stand-in preset, rendered as mean ± sd; the JSON's numbers are the runs' own histories."""
+    """`reproduce overfitting --sglr paper` on 8x8 synthetic data: twelve runs (hard labels and the paper's SGLR x
+    clean / 40% noise x three seeds) trained with the stand-in preset, rendered as mean ± sd; the JSON's numbers are
+    the runs' own histories."""
     data = str(tmp_path / "syn8")
     args = ["--dataset", "synthetic", "--synthetic-size", "8", "--synthetic-train", "256", "--synthetic-test", "64"]
     assert main(["prepare", *args, "--out", data]) == 0
-    report = reproduce("overfitting", data, str(tmp_path / "out"), epochs=2, device="cpu", log=lambda *_: None)
+    out = str(tmp_path / "out")
+    report = reproduce("overfitting", data, out, epochs=2, device="cpu", sglr="paper", log=lambda *_: None)
     assert len(report["runs"]) == 12 and len({r["run_dir"] for r in report["runs"]}) == 12
     configs = [json.load(open(os.path.join(r["run_dir"], "config.json"))) for r in report["runs"]]
     assert {(c["labels"], c["seed"], r["noise"]) for c, r in zip(configs, report["runs"])} == {

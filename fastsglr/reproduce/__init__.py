@@ -89,9 +89,9 @@ def reproduce(
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` and ``precision`` None:
     the config's defaults for the device; ``model`` None: ResNet-18 or the table's own network (the standin
-    preset's network on an 8x8 stand-in); ``sglr`` None: both variants (table2, table3 and wrn only). With the fast
-    engine every run of the table trains in this one process: the runs' numbers reach the compiled iteration as device
-    tensors, so only a new structure (method, label strategy) compiles."""
+    preset's network on an 8x8 stand-in); ``sglr`` None: both variants (table2, table3, wrn and overfitting). With
+    the fast engine every run of the table trains in this one process: the runs' numbers reach the compiled iteration
+    as device tensors, so only a new structure (method, label strategy) compiles."""
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
     if sglr is not None and table not in SGLR_TABLES:

@@ -18,7 +18,7 @@ PAPER_NETWORK = dict(model="resnet18", input_norm="none")
 # --sglr: which SGLR rows Tables 2 and 3 get. Each variant's settings are the preset of that name.
 SGLR_VARIANTS = ("paper", "sgls-code")
 SGLR_CHOICES = {"paper": ("paper",), "sgls-code": ("sgls-code",), "both": SGLR_VARIANTS}
-SGLR_TABLES = ("table2", "table3", "wrn")
+SGLR_TABLES = ("table2", "table3", "wrn", "overfitting")
 LABEL_NAMES = {"hard": "Hard Label", "ls": "Soft Label (LS)", "sglr": "Self-Guided Soft Label"}
 NOISE_RATES = (0.0, 0.2, 0.4, 0.6, 0.8)
 
@@ -165,16 +165,17 @@ def _cifar10_pgd_at_runs(rows, numbers, sglr) -> tuple:
     )
 
 
-def _sglr_note(sglr) -> tuple:
+def _sglr_note(sglr, printed=True) -> tuple:
+    """``printed``: the paper prints a number beside the SGLR rows."""
     shown = {
         "paper": "(paper): r 0.2, T 1.5, no warm-up (Sec. 4, Table 4's best)",
         "sgls-code": "(sgls-code): the authors' released loss: r 1, T 1, plain CE for the first 89 of 200 "
         "epochs (scaled with the epochs)",
     }
-    return (
-        f"SGLR rows: {'; '.join(shown[v] for v in SGLR_CHOICES[sglr])}; alpha 0.9, lambda 0.2 in both. The "
-        "paper does not say which made this table; both stand beside its one number.",
-    )
+    rows = f"SGLR rows: {'; '.join(shown[v] for v in SGLR_CHOICES[sglr])}; alpha 0.9, lambda 0.2 in both."
+    if not printed:
+        return (rows,)
+    return (rows + " The paper does not say which made this table; both stand beside its one number.",)
 
 
 _TE_NOTE = (
@@ -502,7 +503,6 @@ def _spread(values) -> Spread:
 
 OVERFITTING_SEEDS = (0, 1, 2)
 OVERFITTING_NOISE = (0.0, 0.4)
-OVERFITTING_ROWS = (("PGD-AT", dict(labels="hard")), ("PGD-AT+SGLR (paper)", PRESETS["paper"]))
 
 
 def _test_pgd_best(history) -> float:
@@ -536,10 +536,11 @@ def _overfitting_blocks(results):
     return [Block(results[0][0].dataset, "labels, noise", [name for name, _, _ in OVERFITTING_MEASURES], rows)]
 
 
-def _overfitting():
+def _overfitting(sglr="both"):
+    rows = [("PGD-AT", dict(labels="hard"))] + [(f"PGD-AT+SGLR ({v})", PRESETS[v]) for v in SGLR_CHOICES[sglr]]
     runs = tuple(
         _run("cifar10", row, f"{noise:.0%} noise, seed {seed}", noise=noise, method="pgd-at", seed=seed, **settings)
-        for row, settings in OVERFITTING_ROWS
+        for row, settings in rows
         for noise in OVERFITTING_NOISE
         for seed in OVERFITTING_SEEDS
     )
@@ -557,6 +558,7 @@ def _overfitting():
             "memorised: the share of the corrupted training samples whose training adversarial example the model "
             "predicts as the corrupted label, in the last epoch (Dong et al.'s measure, the paper's Fig. 4).",
             "The paper reports no such table; its CIFAR-10 counterparts are Table 2 (best / final) and Fig. 4.",
+            *_sglr_note(sglr, printed=False),
         ),
         legend="Each cell: mean ± sample standard deviation over the seeds; – where the measure needs label noise.",
     )
