@@ -1,9 +1,10 @@
-"""The digits stand-in's network (not from a paper): three conv-BN-ReLU stages with two 2x2 max-pools, then an MLP
-head on the flattened 2 x 2 map, about 0.25 M parameters.
+"""The CPU stand-in's network (not from a paper): three conv-BN-ReLU stages with two 2x2 max-pools, then an MLP
+head on the flattened 2 x 2 map, about 0.25 M parameters (``width`` and ``hidden``: the knobs the stand-in's search
+turned, docs/reproduce.md).
 
 Unlike ``smallcnn``'s global average pool, the flattened head lets the network fit its adversarial training examples
 (on 8x8 digits at eps 0.2 the small CNN's training PGD accuracy stalls below 70 %), which is what robust overfitting
-and the memorisation of noisy labels need: the phenomenon ``reproduce`` shows on digits.
+and the memorisation of noisy labels need: the phenomenon ``reproduce overfitting`` shows on 8x8 synthetic data.
 """
 
 import torch
