@@ -177,7 +177,12 @@ def test_two_quick_ctrl_c_stop_at_once_and_the_run_resumes(digits_dir, tmp_path,
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_eval_is_one_line_and_writes_no_report(run, tmp_path, monkeypatch, capsys, signum):
     def attacked(*args, **kwargs):
-        signal.raise_signal(signum)
+        # The handler main installed, called as the OS would: signal.raise_signal was not delivered once in a full
+        # suite run (SIGTERM left pending or ignored by the process state of earlier tests, not reproduced since);
+        # delivery by the OS is covered by test_crash_safety's subprocess kills.
+        handler = signal.getsignal(signum)
+        assert callable(handler), handler
+        handler(signum, None)
 
     monkeypatch.setattr(robustness, "evaluate_model", attacked)
     report = tmp_path / "report.json"

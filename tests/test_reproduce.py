@@ -196,7 +196,7 @@ def test_sglr_variants_and_the_papers_network(digits_dir, tmp_path):
     assert (code.sglr_warmup, code.r, code.temperature) == (89, 1.0, 1.0)
     other = grid._base_config(cifar, epochs=None, eval_subset=None, device="cpu", engine=None, model="preactresnet18")
     assert (other.model, other.input_norm) == ("preactresnet18", "none")
-    with pytest.raises(UsageError, match="--sglr applies to table2, table3 and wrn only"):
+    with pytest.raises(UsageError, match="--sglr applies to table2, table3, wrn and overfitting only"):
         reproduce("table4", digits_dir, str(tmp_path / "t4"), sglr="both", **QUICK)
     assert not (tmp_path / "t4").exists()
 
