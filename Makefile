@@ -30,7 +30,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[ffcv,extras,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[ffcv,extras,slurm,test]'
 	touch $(STAMP)
 
 $(STAMP211): setup.py constraints.txt

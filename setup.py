@@ -25,7 +25,9 @@ setup(
     install_requires=["torch>=2.6", "numpy>=1.24", "tqdm>=4.60", "scikit-learn>=1.3"],
     extras_require={
         "ffcv": ["ffcv==1.0.2", "numba>=0.58"],
-        "extras": ["matplotlib>=3.7", "torchvision>=0.21", "torchattacks==3.5.1"],
+        "extras": ["matplotlib>=3.7", "torchvision>=0.21", "torchattacks==3.5.1", "tensorboard>=2.14"],
+        # reproduce --launcher slurm (fastsglr/reproduce/slurm.py)
+        "slurm": ["submitit>=1.5"],
         "test": ["pytest>=8", "pytest-benchmark>=4", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["fastsglr = fastsglr.cli:main"]},

@@ -7,6 +7,7 @@ eval and reproduce that are Config options reuse those definitions; the rest map
 import argparse
 import dataclasses
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -290,7 +291,67 @@ def _add_reproduce(sub):
         "the authors' released code (r 1, T 1, warm-up); default: both",
     )
     _add_option(p, "precision", check_choices=True)
+    _add_grid_flags(p)
     p.set_defaults(run=_run_reproduce)
+
+
+def _add_grid_flags(p):
+    """Where and how many of the grid's runs train at once (docs/reproduce.md, "Several GPUs and SLURM")."""
+    from .reproduce.slurm import parse_minutes, parse_sbatch_arg
+
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="train N runs at once, each in a process of its own pinned to one device (CUDA: one GPU each, round "
+        "robin over the visible GPUs; CPU: the cores divided among them); with --launcher slurm, at most N tasks "
+        "at once (default: 1 here, one after another in this process; SLURM: no limit)",
+    )
+    p.add_argument("--runs-per-gpu", type=int, metavar="K", help="--jobs on CUDA: K runs share one GPU (default: 1)")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="local: train on this machine; slurm: submit the runs not finished as SLURM job arrays through "
+        "submitit, OUT on the cluster's shared filesystem (default: local, refused for runs a SLURM submission "
+        "from OUT holds)",
+    )
+    p.add_argument("--wait", action="store_true", help="--launcher slurm: wait for the runs, then render the table")
+    p.add_argument("--slurm-partition", metavar="NAME", help="sbatch --partition")
+    p.add_argument(
+        "--slurm-time",
+        type=parse_minutes,
+        metavar="TIME",
+        help="sbatch --time of each run: minutes or H:MM:SS (default: 24:00:00)",
+    )
+    p.add_argument("--slurm-gpus-per-run", type=int, metavar="G", help="sbatch --gpus-per-node (default: 1)")
+    p.add_argument("--slurm-account", metavar="NAME", help="sbatch --account")
+    p.add_argument(
+        "--slurm-arg",
+        type=parse_sbatch_arg,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sbatch option, repeatable: --slurm-arg cpus-per-task=8 --slurm-arg qos=high",
+    )
+
+
+def _slurm_options(args):
+    """The --slurm-* flags given, or None when there are none."""
+    from .reproduce.slurm import SlurmOptions
+
+    given = {
+        field: value
+        for field, value in (
+            ("partition", args.slurm_partition),
+            ("time", args.slurm_time),
+            ("gpus_per_run", args.slurm_gpus_per_run),
+            ("account", args.slurm_account),
+            ("extra", tuple(args.slurm_arg or ())),
+        )
+        if value
+    }
+    if args.slurm_gpus_per_run is not None and args.slurm_gpus_per_run < 1:
+        raise UsageError(f"--slurm-gpus-per-run {args.slurm_gpus_per_run} is out of range: it must be at least 1")
+    return SlurmOptions(**given) if given else None
 
 
 def _run_reproduce(args):
@@ -309,6 +370,12 @@ def _run_reproduce(args):
         precision=args.precision,
         model=args.model,
         sglr=args.sglr,
+        jobs=args.jobs,
+        runs_per_gpu=args.runs_per_gpu,
+        launcher=args.launcher,
+        slurm_options=_slurm_options(args),
+        wait=args.wait,
+        command=args.invocation,
     )
     return 0
 
@@ -390,23 +457,21 @@ def _after_stop(args) -> str:
     run = getattr(args, "resume", None) or getattr(args, "out", None)
     if getattr(args, "command", None) == "train" and run and os.path.isfile(os.path.join(run, "last.pt")):
         return f"last.pt holds the last finished epoch: fastsglr train --resume {run}"
+    if getattr(args, "command", None) == "reproduce":
+        return f"no file was left half-written: continue the grid with: {args.invocation}"
     return "no file was left half-written: run the command again"
 
 
-def main(argv=None) -> int:
+def run_command(work, after_stop) -> int:
+    """``work()`` as a fastsglr command, its exit code: outside a run's loop SIGINT / SIGTERM stop it at once
+    (``after_stop()`` says what then), and a user's mistake, a run that cannot go on or an interrupted run is one
+    line on stderr instead of a traceback."""
     from .stop import handle_signals, stop_at_once
 
-    args = None
-    stdout, sys.stdout = sys.stdout, _OutlivesItsReader(sys.stdout)
     in_main_thread = threading.current_thread() is threading.main_thread()  # Python delivers signals only there
     handlers = handle_signals(stop_at_once) if in_main_thread else {}
     try:
-        parser = build_parser()
-        args, rest = parser.parse_known_args(argv)
-        args.rest = rest
-        if args.rest and not getattr(args, "takes_rest", False):
-            parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
-        return args.run(args)
+        return work()
     except (UsageError, TrainingError) as exc:
         print(f"fastsglr: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -415,11 +480,31 @@ def main(argv=None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:  # StoppedBySignal, or Python's own SIGINT before the handlers were set
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"fastsglr: stopped by {signal.Signals(signum).name}; {_after_stop(args)}", file=sys.stderr)
+        print(f"fastsglr: stopped by {signal.Signals(signum).name}; {after_stop()}", file=sys.stderr)
         return 128 + signum
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
+
+
+def main(argv=None) -> int:
+    args = None
+
+    def work():
+        nonlocal args
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        args.rest = rest
+        # The command as typed, for a message that says how to continue it.
+        args.invocation = "fastsglr " + shlex.join(sys.argv[1:] if argv is None else argv)
+        if args.rest and not getattr(args, "takes_rest", False):
+            parser.error(f"unrecognized arguments: {' '.join(args.rest)}")
+        return args.run(args)
+
+    stdout, sys.stdout = sys.stdout, _OutlivesItsReader(sys.stdout)
+    try:
+        return run_command(work, lambda: _after_stop(args))
+    finally:
         sys.stdout = stdout
 
 

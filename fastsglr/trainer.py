@@ -48,6 +48,7 @@ from .runlock import run_lock
 from .sharpness import HessianTraceProbe
 from .stop import GracefulStop
 from .swa import WeightAverage, swapped_in
+from .tensorboard_events import open_events, remove_events
 
 RUN_FILES = (
     "config.json",
@@ -84,6 +85,7 @@ def _open_run_dir(cfg: Config, resume: bool, overwrite: bool, world, held: conte
         held.enter_context(run_lock(cfg.out))  # before anything is removed: a run still writing there keeps it
         for f in taken:
             os.remove(os.path.join(cfg.out, f))
+        remove_events(cfg.out)
         write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
     barrier(world)
 
@@ -129,13 +131,15 @@ def _evaluates(cfg: Config, epoch: int) -> bool:
     return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
 
 
-def _write_epoch(out, checkpoint, is_best):
+def _write_epoch(out, checkpoint, is_best, events):
     """An epoch's files, from a host copy of its state (in the background writer's thread)."""
     # best.pt before last.pt: a run killed in between redoes this epoch identically and rewrites best.pt.
     if is_best:
         save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
     save_checkpoint(os.path.join(out, "last.pt"), checkpoint, keep_previous=True)
     write_json(os.path.join(out, "metrics.jsonl"), checkpoint["history"], lines=True, fix=resume_fix(out))
+    if events:  # after metrics.jsonl, the source of truth; a resume writes what a stop in between left out
+        events.add(checkpoint["history"][-1])
 
 
 def read_history(run_dir) -> list:
@@ -271,6 +275,9 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
         if world.is_main:  # after the checks, which write nothing, and before the first write
             held.enter_context(run_lock(cfg.out))
 
+    events = open_events(cfg.out, tracker.history, log) if world.is_main else None
+    if events:
+        held.callback(events.close)
     # A mid-epoch last.pt must not push the epoch's start out of last.prev.pt: a resume with another number of
     # ranks restarts the epoch from there.
     last_is_epoch_end = not start_step
@@ -372,7 +379,7 @@ def _train(cfg: Config, world, resume, overwrite, log, held) -> dict:
             tracker.add(row)
             if world.is_main:  # copied off the device now; written while the next epoch trains
                 writer.submit(
-                    functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)), tracker.is_best_last)
+                    functools.partial(_write_epoch, cfg.out, host_copy(state(epoch + 1)), tracker.is_best_last, events)
                 )
             last_is_epoch_end = True
             seconds_per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start_epoch)

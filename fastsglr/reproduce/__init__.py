@@ -41,6 +41,7 @@ checkpoint's hash and the attack settings are unchanged. Tables given the same O
 import dataclasses
 import json
 import os
+import shutil
 
 from ..config import Config, validate
 from ..errors import UsageError
@@ -48,10 +49,14 @@ from ..files import atomic_file, check_output_dir, write_json
 from ..report import plot_curves, plot_noise_memorization
 from ..robustness import STANDARD, resolve_device
 from ..trainer import read_history
+from . import local, slurm
 from .data import _data_for, _with_noise
-from .grid import _base_config, _evaluate, _network, _run_config, _train_or_resume
+from .grid import _base_config, _evaluate, _network, _run_config, check_same_run
+from .jobs import done, plan
 from .render import _block_heading, _notes, render
-from .tables import SGLR_TABLES, TABLES, Measured, Spread
+from .tables import SGLR_TABLES, TABLES, Measured, Spread, label
+
+LAUNCHERS = ("local", "slurm")
 
 
 def _figures(name, results, out, wrong_rates, panels) -> list:
@@ -60,13 +65,44 @@ def _figures(name, results, out, wrong_rates, panels) -> list:
     for run, m in results:
         if m.run_dir not in seen:
             seen.add(m.run_dir)
-            histories[" ".join(filter(None, (run.row, run.column)))] = m.history
+            histories[label(run)] = m.history
     paths = [os.path.join(out, f"{name}_curves.png")]
     plot_curves(histories, paths[0], panels)
     if name == "noise":
         paths.append(os.path.join(out, "noise_fig4.png"))
         plot_noise_memorization(results, paths[1], wrong_rates)
     return paths
+
+
+def _tensorboard_rows(out, table, labelled):
+    """``OUT/tensorboard/<table>/<row>``: a link to each row's run directory, so that TensorBoard, which names a run
+    by its folder, shows the table's runs by row (the run directories are named by their settings, shared between
+    tables); a run that fills several rows appears once per row."""
+    rows = os.path.join(out, "tensorboard", table)
+    shutil.rmtree(rows, ignore_errors=True)  # the links only: rmtree does not follow them
+    os.makedirs(rows)
+    for name, run_dir in labelled:
+        link = os.path.join(rows, name.replace(os.sep, "-"))
+        if not os.path.lexists(link):
+            os.symlink(os.path.relpath(run_dir, rows), link)
+
+
+def _check_launch(launcher, jobs, runs_per_gpu, slurm_options, wait):
+    """Flags that belong to another launcher, refused before any work."""
+    if launcher == "slurm":
+        if runs_per_gpu is not None:
+            raise UsageError(
+                "--runs-per-gpu packs runs on this machine's GPUs; a SLURM task gets --slurm-gpus-per-run: drop it"
+            )
+        return
+    if wait:
+        raise UsageError("--wait waits for SLURM jobs: add --launcher slurm, or drop --wait")
+    if slurm_options is not None:
+        raise UsageError("the --slurm-* flags apply to --launcher slurm: add it, or drop them")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs} is out of range: it must be at least 1")
+    if runs_per_gpu is not None and runs_per_gpu < 1:
+        raise UsageError(f"--runs-per-gpu {runs_per_gpu} is out of range: it must be at least 1")
 
 
 def reproduce(
@@ -84,14 +120,26 @@ def reproduce(
     precision=None,
     model=None,
     sglr=None,
+    jobs=None,
+    runs_per_gpu=None,
+    launcher=None,
+    slurm_options=None,
+    wait=False,
+    command=None,
     log=print,
-) -> dict:
+) -> dict | None:
     """Train (or resume) the table's runs in ``out``, evaluate them, write ``<table>.md``, ``<table>.json`` and
     the figures; returns the JSON content with the markdown under "markdown". ``engine`` and ``precision`` None:
     the config's defaults for the device; ``model`` None: ResNet-18 or the table's own network (the standin
-    preset's network on an 8x8 stand-in); ``sglr`` None: both variants (table2, table3, wrn and overfitting). With
-    the fast engine every run of the table trains in this one process: the runs' numbers reach the compiled iteration
-    as device tensors, so only a new structure (method, label strategy) compiles."""
+    preset's network on an 8x8 stand-in); ``sglr`` None: both variants (table2, table3, wrn and overfitting).
+
+    ``launcher`` None or "local": the runs train on this machine, ``jobs`` (default 1) at once: with one, every run
+    trains in this one process (with the fast engine the runs' numbers reach the compiled iteration as device
+    tensors, so only a new structure, a method or a label strategy, compiles); with more, each in a process of its
+    own pinned to one device (``local.py``), ``runs_per_gpu`` per GPU. "slurm": the runs are submitted as SLURM
+    job arrays (``slurm.py``; ``slurm_options``, ``jobs``: at most that many at once); without ``wait`` returns
+    None once submitted. A run that fails does not stop the others: TrainingError at the end names it.
+    ``command``: the command as typed, which an interrupted grid names to continue."""
     if table not in TABLES:
         raise UsageError(f"unknown table '{table}': choose one of {', '.join(TABLES)}")
     if sglr is not None and table not in SGLR_TABLES:
@@ -102,8 +150,12 @@ def reproduce(
     for flag, value in (("epochs", epochs), ("eval-subset", eval_subset)):
         if value is not None and value < 1:
             raise UsageError(f"--{flag} {value} is out of range: it must be at least 1")
+    _check_launch(launcher, jobs, runs_per_gpu, slurm_options, wait)
+    out = os.path.abspath(out)  # the jobs' run directories, wherever a job runs (a SLURM task, a worker)
     spec = TABLES[table](sglr or "both") if table in SGLR_TABLES else TABLES[table]()
     device = resolve_device(device).type
+    if launcher != "slurm":
+        devices, threads = local.slots(jobs or 1, device, runs_per_gpu)
     infos = _data_for(spec.sources + spec.runs, data)
     base_cfgs = {
         ds: validate(
@@ -121,28 +173,57 @@ def reproduce(
     }  # validated before anything is written: a bad --model stops here
     check_output_dir(out, "tables")
     wrong_rates = {}
-    run_dirs = {}  # row -> its run directory, for the KD runs that name it as a teacher (sources train first)
+    run_dirs = {}  # row -> its run directory, for the KD runs that name it as a teacher (sources come first)
+    entries = []  # (Config, row label, the run directories it needs, its transfer source, whether it is evaluated)
 
-    def trained(run) -> Config:
+    def configured(run, evaluated) -> Config:
         info = _with_noise(infos[run.dataset], run.noise, out, root, log)
         if run.noise:
             wrong_rates[run.noise] = info.noise["realised_rate"]
+        teachers = {key: run_dirs[row] for key, row in run.teachers}
         cfg = _run_config(
             dataclasses.replace(base_cfgs[run.dataset], data=os.path.abspath(info.root)),
             info,
             run,
             out,
             _network(spec, infos[run.dataset], model),
-            {key: run_dirs[row] for key, row in run.teachers},
+            teachers,
         )
-        _train_or_resume(cfg, log)
+        check_same_run(cfg)  # a run of other settings in the way: refused before any run trains
         run_dirs[run.row] = os.path.abspath(cfg.out)
+        source = sources[run.source] if run.source else None
+        needs = [*teachers.values(), *([os.path.dirname(source)] if source else [])]
+        entries.append((cfg, label(run), needs, source, evaluated))
         return cfg
 
-    sources = {run.row: os.path.join(trained(run).out, "best.pt") for run in spec.sources}
+    sources = {}
+    sources.update((run.row, os.path.join(configured(run, False).out, "best.pt")) for run in spec.sources)
+    run_cfgs = [configured(run, True) for run in spec.runs]
+    grid = plan(entries, spec.attacks, spec.checkpoints, n=eval_subset, settings=settings, checks=checks)
+    _tensorboard_rows(out, table, [(row, cfg.out) for cfg, row, *_ in entries])
+    pending = [job for job in grid if not done(job)]
+    for job in grid:
+        if job not in pending:
+            log(f"{job.title}: finished, skipped")
+    if pending and launcher == "slurm":
+        options = slurm_options or slurm.SlurmOptions()
+        if not slurm.submit(
+            pending, out=out, table=table, options=options, parallel=jobs, wait=wait, log=log, command=command
+        ):
+            return None
+    elif pending:
+        held = slurm.queued_on_slurm(out, pending) if launcher is None else []
+        if held:
+            (job, task), more = held[0], f" and {len(held) - 1} more run(s)" if len(held) > 1 else ""
+            raise UsageError(
+                f"{job.title}{more} went to SLURM (task {task}) and has not finished: wait for it with "
+                f"--launcher slurm --wait (which submits again what failed), or add --launcher local to train "
+                f"it on this machine"
+            )
+        local.run_here(pending, parallel=jobs or 1, devices=devices, threads=threads, log=log, command=command)
+
     results = []
-    for run in spec.runs:
-        cfg = trained(run)
+    for run, cfg in zip(spec.runs, run_cfgs):
         source = sources[run.source] if run.source else None
         evals = {
             which: _evaluate(cfg, which, spec.attacks, eval_subset, settings, checks, log, source)

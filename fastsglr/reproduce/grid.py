@@ -83,28 +83,36 @@ def _check_same_run(cfg: Config):
         raise UsageError(f"{cfg.out} holds a run with other settings ({shown}): pass another --out")
 
 
+def finished(run_dir) -> bool:
+    """A run that trained to its end (what ``_train_or_resume`` skips)."""
+    return all(os.path.isfile(os.path.join(run_dir, f)) for f in ("summary.json", "best.pt", "final.pt"))
+
+
+def check_same_run(cfg: Config):
+    """Refuse, before any work, a run directory of this grid that holds a run with other settings."""
+    if finished(cfg.out) or os.path.isfile(os.path.join(cfg.out, "last.pt")):
+        _check_same_run(cfg)
+
+
 def _train_or_resume(cfg: Config, log):
     """Skip a finished run, resume an interrupted one, start a new one."""
-    finished = all(os.path.isfile(os.path.join(cfg.out, f)) for f in ("summary.json", "best.pt", "final.pt"))
     started = os.path.isfile(os.path.join(cfg.out, "last.pt"))
-    if finished or started:
-        _check_same_run(cfg)
-    if finished:
+    check_same_run(cfg)
+    if finished(cfg.out):
         log(f"{cfg.out}: finished, skipped")
         return
     log(f"{cfg.out}: {'resuming' if started else 'training'}")
     train(cfg, resume=started, overwrite=not started, log=log)
 
 
-def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None) -> dict:
-    """A checkpoint's robustness report, cached in the run directory under the hash of what determines it (so
-    best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once). ``source``: the
-    checkpoint transfer attacks craft their examples on."""
-    path = os.path.join(cfg.out, f"{which}.pt")
+def eval_cache(cfg: Config, which, attacks, n, settings, checks, source=None) -> str:
+    """Where the report of ``_evaluate`` is cached: in the run directory, under the hash of what determines it (so
+    best.pt and final.pt, byte-identical when the last epoch was the best, are evaluated once). The checkpoints
+    (``which`` and ``source``) must exist."""
     # The report format is part of the key: a report of an older format means other numbers, not a cache hit.
     request = {
         "format": REPORT_FORMAT,
-        "checkpoint": sha256(path),
+        "checkpoint": sha256(os.path.join(cfg.out, f"{which}.pt")),
         "attacks": list(attacks),
         "n": n,
         "eps": cfg.eps,
@@ -113,13 +121,19 @@ def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None
         "source": source and sha256(source),
     }
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
-    cache = os.path.join(cfg.out, f"eval_{key}.json")
+    return os.path.join(cfg.out, f"eval_{key}.json")
+
+
+def _evaluate(cfg: Config, which, attacks, n, settings, checks, log, source=None) -> dict:
+    """A checkpoint's robustness report, cached (``eval_cache``). ``source``: the checkpoint transfer attacks craft
+    their examples on."""
+    cache = eval_cache(cfg, which, attacks, n, settings, checks, source)
     if os.path.isfile(cache):
         with open(cache) as f:
             with contextlib.suppress(ValueError):  # a damaged cache is evaluated again
                 return json.load(f)
     report = evaluate_checkpoint(
-        path,
+        os.path.join(cfg.out, f"{which}.pt"),
         data=cfg.data,
         attacks=attacks,
         n=n,

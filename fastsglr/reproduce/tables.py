@@ -72,6 +72,11 @@ class Table:
     legend: str = "Each cell: measured / paper (measured - paper); – where the paper has no number."
 
 
+def label(run: Run) -> str:
+    """A run's name in a table: its row, and its column where it has one ("T=1.5 r=0.2")."""
+    return " ".join(filter(None, (run.row, run.column)))
+
+
 def _run(dataset, row, column="", noise=0.0, paper=None, source="", teachers=(), **overrides) -> Run:
     return Run(dataset, row, column, tuple(sorted(overrides.items())), noise, source, teachers, paper or {})
 
