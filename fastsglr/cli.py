@@ -323,7 +323,9 @@ def _add_grid_flags(p):
         metavar="TIME",
         help="sbatch --time of each run: minutes or H:MM:SS (default: 24:00:00)",
     )
-    p.add_argument("--slurm-gpus-per-run", type=int, metavar="G", help="sbatch --gpus-per-node (default: 1)")
+    p.add_argument(
+        "--slurm-gpus-per-run", type=int, metavar="G", help="sbatch --gpus-per-node; 0: CPU runs (default: 1)"
+    )
     p.add_argument("--slurm-account", metavar="NAME", help="sbatch --account")
     p.add_argument(
         "--slurm-arg",
@@ -347,10 +349,10 @@ def _slurm_options(args):
             ("account", args.slurm_account),
             ("extra", tuple(args.slurm_arg or ())),
         )
-        if value
+        if value or value == 0  # --slurm-gpus-per-run 0: a CPU cluster
     }
-    if args.slurm_gpus_per_run is not None and args.slurm_gpus_per_run < 1:
-        raise UsageError(f"--slurm-gpus-per-run {args.slurm_gpus_per_run} is out of range: it must be at least 1")
+    if args.slurm_gpus_per_run is not None and args.slurm_gpus_per_run < 0:
+        raise UsageError(f"--slurm-gpus-per-run {args.slurm_gpus_per_run} is out of range: 0 (a CPU run) or more")
     return SlurmOptions(**given) if given else None
 
 

@@ -63,7 +63,9 @@ class GracefulStop:
         if self.signum is not None and signum == signal.SIGINT:
             raise StoppedBySignal(signum)
         self.signum = signum
-        self.log(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)")
+        # Only a second SIGINT stops at once; a SIGTERM (kill, a scheduler) or SIGHUP came from no keyboard.
+        at_once = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        self.log(f"{signal.Signals(signum).name}: stopping after this step{at_once}")
 
     def requested(self) -> int:
         """The signal to stop for (0: go on), agreed by every rank."""

@@ -153,8 +153,11 @@ def reproduce(
     _check_launch(launcher, jobs, runs_per_gpu, slurm_options, wait)
     out = os.path.abspath(out)  # the jobs' run directories, wherever a job runs (a SLURM task, a worker)
     spec = TABLES[table](sglr or "both") if table in SGLR_TABLES else TABLES[table]()
-    device = resolve_device(device).type
-    if launcher != "slurm":
+    if launcher == "slurm":  # the runs train on the cluster's nodes, not on this machine's device
+        slurm_options = slurm_options or slurm.SlurmOptions()
+        device = slurm.device(device, slurm_options)
+    else:
+        device = resolve_device(device).type
         devices, threads = local.slots(jobs or 1, device, runs_per_gpu)
     infos = _data_for(spec.sources + spec.runs, data)
     base_cfgs = {
@@ -206,9 +209,8 @@ def reproduce(
         if job not in pending:
             log(f"{job.title}: finished, skipped")
     if pending and launcher == "slurm":
-        options = slurm_options or slurm.SlurmOptions()
         if not slurm.submit(
-            pending, out=out, table=table, options=options, parallel=jobs, wait=wait, log=log, command=command
+            pending, out=out, table=table, options=slurm_options, parallel=jobs, wait=wait, log=log, command=command
         ):
             return None
     elif pending:

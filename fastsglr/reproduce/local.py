@@ -167,7 +167,8 @@ def _in_processes(jobs, devices, threads, progress, log, command):
                     slot = free.pop(0)
                     waiting.remove(job)
                     running[_start(job, devices[slot], threads)] = (job, time.perf_counter(), slot)
-                    on = f"GPU {devices[slot]}" if devices[slot] is not None else f"{threads} CPU thread{'s' * (threads != 1)}"
+                    cpu = f"{threads} CPU thread{'s' * (threads != 1)}"
+                    on = f"GPU {devices[slot]}" if devices[slot] is not None else cpu
                     log(f"started {job.title} on {on}; log: {job.log_file}")
             if forward.signum and not running:
                 break

@@ -41,6 +41,13 @@ class SlurmOptions:
     extra: tuple = ()  # (KEY, VALUE): sbatch --KEY=VALUE
 
 
+def device(asked, options: SlurmOptions) -> str:
+    """The runs' device: a task with GPUs trains on CUDA, whatever the submitting machine (a login node) has."""
+    if asked == "cuda" and not options.gpus_per_run:
+        raise UsageError("--device cuda with --slurm-gpus-per-run 0 gives the tasks no GPU: drop one of them")
+    return asked or ("cuda" if options.gpus_per_run else "cpu")
+
+
 def parse_minutes(text) -> int:
     """--slurm-time: minutes (90), H:MM:SS (1:30:00) or D-HH:MM:SS, as sbatch --time takes them."""
     try:
