@@ -14,6 +14,7 @@ the run trains the same (``open_events`` returns None).
 """
 
 import glob
+import math
 import os
 import time
 
@@ -29,11 +30,12 @@ def tag(column: str) -> str:
 
 
 def scalars(row: dict) -> dict:
-    """A metrics.jsonl row's scalars: tag -> value, for every numeric column but the step (``epoch``)."""
+    """A metrics.jsonl row's scalars: tag -> value, for every numeric column but the step (``epoch``); a value
+    that is not finite (no label noise: no corrupted portion) is null in metrics.jsonl and no point here."""
     return {
         tag(key): float(value)
         for key, value in row.items()
-        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     }
 
 
