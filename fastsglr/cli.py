@@ -295,10 +295,34 @@ def _add_reproduce(sub):
     p.set_defaults(run=_run_reproduce)
 
 
-def _add_grid_flags(p):
-    """Where and how many of the grid's runs train at once (docs/reproduce.md, "Several GPUs and SLURM")."""
-    from .reproduce.slurm import parse_minutes, parse_sbatch_arg
+def _parse_minutes(text) -> int:
+    """--slurm-time: minutes (90), H:MM:SS (1:30:00) or D-HH:MM:SS, as sbatch --time takes them."""
+    try:
+        days, _, clock = text.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) > 3 or any(p < 0 for p in parts) or (days and len(parts) != 3):
+            raise ValueError
+        h, m, s = [0] * (3 - len(parts)) + parts if len(parts) > 1 else (0, parts[0], 0)
+        minutes = int(days or 0) * 1440 + h * 60 + m + (s > 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time: write minutes (90) or H:MM:SS (1:30:00)") from None
+    if minutes < 1:
+        raise argparse.ArgumentTypeError(f"--slurm-time {text} is out of range: give a run at least a minute")
+    return minutes
 
+
+def _parse_sbatch_arg(text) -> tuple:
+    """--slurm-arg KEY=VALUE: any sbatch option, e.g. cpus-per-task=8, qos=high, constraint=h100."""
+    key, eq, value = text.partition("=")
+    if not (eq and key.strip()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE: write an sbatch option as cpus-per-task=8")
+    return key.strip().removeprefix("--"), value
+
+
+def _add_grid_flags(p):
+    """Where and how many of the grid's runs train at once (docs/reproduce.md, "Several GPUs, SLURM and
+    TensorBoard"). Nothing of fastsglr.reproduce is imported here: it needs matplotlib, which a bare GPU box that
+    only trains lacks."""
     p.add_argument(
         "--jobs",
         type=int,
@@ -319,7 +343,7 @@ def _add_grid_flags(p):
     p.add_argument("--slurm-partition", metavar="NAME", help="sbatch --partition")
     p.add_argument(
         "--slurm-time",
-        type=parse_minutes,
+        type=_parse_minutes,
         metavar="TIME",
         help="sbatch --time of each run: minutes or H:MM:SS (default: 24:00:00)",
     )
@@ -329,7 +353,7 @@ def _add_grid_flags(p):
     p.add_argument("--slurm-account", metavar="NAME", help="sbatch --account")
     p.add_argument(
         "--slurm-arg",
-        type=parse_sbatch_arg,
+        type=_parse_sbatch_arg,
         action="append",
         metavar="KEY=VALUE",
         help="any other sbatch option, repeatable: --slurm-arg cpus-per-task=8 --slurm-arg qos=high",

@@ -24,9 +24,10 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 
 import fastsglr.reproduce as reproduce_module
 from fastsglr.checkpoint import load_checkpoint
+from fastsglr.config import Config
 from fastsglr.errors import TrainingError, UsageError
 from fastsglr.reproduce import grid, local, slurm
-from fastsglr.reproduce.jobs import LOG_FILE
+from fastsglr.reproduce.jobs import LOG_FILE, Job
 from fastsglr.robustness import AttackSettings
 from fastsglr.runlock import run_lock
 from fastsglr.tensorboard_events import tag
@@ -407,3 +408,26 @@ def test_grid_flags_of_another_launcher_are_refused(digits_dir, tmp_path):
             _grid(digits_dir, tmp_path / "out", **launch)
     assert not (tmp_path / "out").exists()
     assert local.slots(2, "cpu", None) == ([None, None], THREADS)
+
+
+def test_each_process_sees_one_gpu_round_robin(monkeypatch, tmp_path):
+    """--jobs 8 --runs-per-gpu 2 on four GPUs: two processes per GPU, each started with only its GPU visible."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # a user's choice of GPUs is kept
+    devices, threads = local.slots(8, "cuda", 2)
+    assert devices == ["4", "5", "6", "7"] * 2 and threads == max(1, len(os.sched_getaffinity(0)) // 8)
+    with pytest.raises(UsageError, match=r"--jobs 8 runs 8 runs at once, but 4 GPUs x --runs-per-gpu 1 hold 4: "):
+        local.slots(8, "cuda", None)
+    started = []
+
+    class Recorded:
+        def __init__(self, command, env, **kwargs):
+            started.append(env)
+            self.stdin = open(os.devnull, "wb")
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    job = Job(Config(out=str(tmp_path / "run")), ["row"])
+    for gpu in devices[:5]:
+        local._start(job, gpu, threads)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["4", "5", "6", "7", "4"]
+    assert all(env["OMP_NUM_THREADS"] == str(threads) for env in started)

@@ -6,6 +6,8 @@ import dataclasses
 import glob
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,3 +87,27 @@ def test_events_ahead_of_a_resumed_history_are_dropped(tmp_path):
     }
     row = {"epoch": 4, "swa_averaged": True, "ranks": 1, "test_pgd_acc": None, "train_adv_memorized_corrupted": np.nan}
     assert scalars(row) == {"run/ranks": 1.0}
+
+
+# A box that only trains (the GPU box): `import` of these fails, as where they are not installed.
+BARE = """
+import sys
+for name in ("matplotlib", "tensorboard", "submitit"):
+    sys.modules[name] = None
+from fastsglr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_box_without_tensorboard_trains_and_says_so(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", digits_dir, "--out", str(out), "--preset", "demo", "--epochs", "1", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-c", BARE, *args, "--attack-steps", "1", "--eval-subset", "32", "--loader", "device"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tensorboard is not installed: no TensorBoard events (pip install tensorboard)" in done.stdout
+    assert os.path.isfile(out / "final.pt") and not glob.glob(str(out / EVENTS_GLOB))

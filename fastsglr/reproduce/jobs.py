@@ -127,6 +127,11 @@ def run_job(job: Job, log=print):
         _evaluate(job.config, e.which, e.attacks, job.n, job.settings, job.checks, log, e.source)
 
 
+def heading(job: Job) -> str:
+    """The first line a job writes to its log: when, and which run."""
+    return f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {job.title}"
+
+
 @contextlib.contextmanager
 def teed(job: Job, log):
     """``log`` that also appends to the job's log file (a run directory's ``reproduce.log``)."""
@@ -138,7 +143,7 @@ def teed(job: Job, log):
             f.write(f"{message}\n")
             f.flush()
 
-        both(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {job.title}")
+        both(heading(job))
         yield both
 
 

@@ -37,21 +37,22 @@ def visible_gpus() -> list:
 
 
 def slots(parallel, device, runs_per_gpu) -> tuple:
-    """Each of the ``parallel`` processes' GPU (None on a CPU), and the torch threads of each; checked before any
-    work starts."""
+    """Each of the ``parallel`` processes' GPU (None on a CPU), and the torch threads of each (the cores divided
+    among them); checked before any work starts."""
+    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     if device != "cuda":
         if runs_per_gpu is not None:
             raise UsageError(
                 f"--runs-per-gpu {runs_per_gpu} packs runs on GPUs, but the runs train on the CPU: drop it"
             )
-        return [None] * parallel, max(1, len(os.sched_getaffinity(0)) // parallel)
+        return [None] * parallel, threads
     gpus, per_gpu = visible_gpus(), runs_per_gpu or 1
     if parallel > len(gpus) * per_gpu:
         raise UsageError(
             f"--jobs {parallel} runs {parallel} runs at once, but {len(gpus)} GPU{'s' * (len(gpus) != 1)} x "
             f"--runs-per-gpu {per_gpu} hold {len(gpus) * per_gpu}: lower --jobs or raise --runs-per-gpu"
         )
-    return [gpus[i % len(gpus)] for i in range(parallel)], 1
+    return [gpus[i % len(gpus)] for i in range(parallel)], threads
 
 
 def run_here(jobs, *, parallel, devices, threads, log, command):

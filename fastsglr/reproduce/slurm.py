@@ -14,7 +14,6 @@ to its end with its evaluations cached, or failed, named with its task's log.
 Only the executor differs in the tests: ``make_executor`` is swapped for submitit's local executor, which has no
 dependencies, so there each level is waited for before the next is submitted."""
 
-import argparse
 import dataclasses
 import json
 import os
@@ -24,7 +23,7 @@ import time
 
 from ..errors import Interrupted, TrainingError, UsageError
 from ..files import write_json
-from .jobs import Progress, done, run_job
+from .jobs import Progress, done, in_dependency_order, run_job, teed
 
 RECORD = "submitted.json"
 POLL_SECONDS = 10.0
@@ -46,30 +45,6 @@ def device(asked, options: SlurmOptions) -> str:
     if asked == "cuda" and not options.gpus_per_run:
         raise UsageError("--device cuda with --slurm-gpus-per-run 0 gives the tasks no GPU: drop one of them")
     return asked or ("cuda" if options.gpus_per_run else "cpu")
-
-
-def parse_minutes(text) -> int:
-    """--slurm-time: minutes (90), H:MM:SS (1:30:00) or D-HH:MM:SS, as sbatch --time takes them."""
-    try:
-        days, _, clock = text.rpartition("-")
-        parts = [int(p) for p in clock.split(":")]
-        if len(parts) > 3 or any(p < 0 for p in parts) or (days and len(parts) != 3):
-            raise ValueError
-        h, m, s = [0] * (3 - len(parts)) + parts if len(parts) > 1 else (0, parts[0], 0)
-        minutes = int(days or 0) * 1440 + h * 60 + m + (s > 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a time: write minutes (90) or H:MM:SS (1:30:00)") from None
-    if minutes < 1:
-        raise argparse.ArgumentTypeError(f"--slurm-time {text} is out of range: give a run at least a minute")
-    return minutes
-
-
-def parse_sbatch_arg(text) -> tuple:
-    """--slurm-arg KEY=VALUE: any sbatch option, e.g. cpus-per-task=8, qos=high, constraint=h100."""
-    key, eq, value = text.partition("=")
-    if not (eq and key.strip()):
-        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE: write an sbatch option as cpus-per-task=8")
-    return key.strip().removeprefix("--"), value
 
 
 def folder(out) -> str:
@@ -143,13 +118,15 @@ def active_tasks() -> set:
 
 
 def slurm_job(job):
-    """What a SLURM task runs: ``run_job``, with a one-line error on the task's stderr before submitit records the
-    traceback."""
-    try:
-        run_job(job)
-    except (UsageError, TrainingError, Interrupted) as exc:
-        print(f"fastsglr: error: {exc}", file=sys.stderr, flush=True)
-        raise
+    """What a SLURM task runs: ``run_job``, its output also in the run's ``reproduce.log``, and its one-line error
+    on the task's stderr before submitit records the traceback."""
+    with teed(job, print) as log:
+        try:
+            run_job(job, log)
+        except (UsageError, TrainingError, Interrupted) as exc:
+            log(f"fastsglr: error: {exc}")
+            print(f"fastsglr: error: {exc}", file=sys.stderr, flush=True)
+            raise
 
 
 def _levels(jobs) -> list:
@@ -173,7 +150,7 @@ def submit(jobs, *, out, table, options, parallel, wait, log, command):
         if job.run_dir in queued:
             log(f"{job.title}: already queued or running as SLURM task {queued[job.run_dir]}, not submitted again")
     tasks = {}  # run directory -> submitit job
-    levels = _levels([job for job in jobs if job.run_dir not in queued])
+    levels = _levels(in_dependency_order([job for job in jobs if job.run_dir not in queued]))
     for n, level in enumerate(levels):
         needed = sorted(
             {tasks[d].job_id if d in tasks else queued[d] for job in level for d in job.after if d in {*tasks, *queued}}

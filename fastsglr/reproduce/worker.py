@@ -30,10 +30,11 @@ def main(argv=None) -> int:
     import torch
 
     from ..cli import run_command
-    from .jobs import Job, run_job
+    from .jobs import Job, heading, run_job
 
     torch.set_num_threads(args.threads)
     job = Job.from_json(sys.stdin.read())
+    print(heading(job), flush=True)
     return run_command(
         lambda: run_job(job) or 0, lambda: "no file was left half-written: the grid's command continues the run"
     )
