@@ -20,7 +20,7 @@ import pytest
 import submitit
 import tiny_grid
 import torch
-from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import fastsglr.reproduce as reproduce_module
 from fastsglr.checkpoint import load_checkpoint
