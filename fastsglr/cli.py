@@ -10,7 +10,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 
 from . import config as C
 from .errors import Interrupted, TrainingError, UsageError
@@ -492,12 +491,11 @@ def run_command(work, after_stop) -> int:
     """``work()`` as a fastsglr command, its exit code: outside a run's loop SIGINT / SIGTERM stop it at once
     (``after_stop()`` says what then), and a user's mistake, a run that cannot go on or an interrupted run is one
     line on stderr instead of a traceback."""
-    from .stop import handle_signals, stop_at_once
+    from .stop import signals_to, stop_at_once
 
-    in_main_thread = threading.current_thread() is threading.main_thread()  # Python delivers signals only there
-    handlers = handle_signals(stop_at_once) if in_main_thread else {}
     try:
-        return work()
+        with signals_to(stop_at_once):
+            return work()
     except (UsageError, TrainingError) as exc:
         print(f"fastsglr: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -508,9 +506,6 @@ def run_command(work, after_stop) -> int:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"fastsglr: stopped by {signal.Signals(signum).name}; {after_stop()}", file=sys.stderr)
         return 128 + signum
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
 
 
 def main(argv=None) -> int:

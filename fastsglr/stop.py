@@ -8,6 +8,7 @@ after the same step (DDP's collectives would otherwise wait forever), so the ran
 step with a tiny all-reduce on the CPU (a gloo group): it syncs the hosts, never the GPU.
 """
 
+import contextlib
 import signal
 import threading
 
@@ -19,14 +20,23 @@ from .distributed import World
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
 
 
-def handle_signals(handler) -> dict:
-    """Install ``handler`` for SIGNALS; returns the previous handlers, to put back. A SIGHUP that is ignored stays
-    ignored: that is what `nohup` asked for."""
-    return {
-        s: signal.signal(s, handler)
-        for s in SIGNALS
-        if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)
-    }
+@contextlib.contextmanager
+def signals_to(handler):
+    """``handler`` for SIGNALS within the block, the previous handlers after it; in the main thread only, where
+    Python delivers signals (elsewhere nothing changes). A SIGHUP that is ignored stays ignored: that is what
+    `nohup` asked for."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {
+            s: signal.signal(s, handler)
+            for s in SIGNALS
+            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)
+        }
+    try:
+        yield
+    finally:
+        for s, earlier in previous.items():
+            signal.signal(s, earlier)
 
 
 class StoppedBySignal(KeyboardInterrupt):
@@ -48,16 +58,14 @@ class GracefulStop:
         self.world, self.log = world, log
         self.signum = None
         self.group = dist.new_group(backend="gloo") if world.launched else None
-        self.previous = {}
+        self._handled = signals_to(self._handle)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
-            self.previous = handle_signals(self._handle)
+        self._handled.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+        self._handled.__exit__(*exc)
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:

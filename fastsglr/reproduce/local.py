@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..errors import Interrupted, TrainingError, UsageError
-from ..stop import handle_signals
+from ..stop import signals_to
 from .jobs import Progress, in_dependency_order, run_job, teed
 
 POLL_SECONDS = 0.2
@@ -107,18 +107,10 @@ class _Forward:
     def __init__(self):
         self.signum, self.running = None, {}
 
-    def _handle(self, signum, frame):
+    def handle(self, signum, frame):
         self.signum = signum
         for proc in list(self.running):
             proc.send_signal(signum)
-
-    def __enter__(self):
-        self.previous = handle_signals(self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def _start(job, gpu, threads):
@@ -156,7 +148,8 @@ def _last_error(log_file) -> str:
 def _in_processes(jobs, devices, threads, progress, log, command):
     waiting, free, failed = list(jobs), list(range(len(devices))), set()
     unfinished = {job.run_dir for job in jobs}
-    with _Forward() as forward:
+    forward = _Forward()
+    with signals_to(forward.handle):
         running = forward.running  # Popen -> (job, start time, slot)
         while waiting or running:
             for job in [] if forward.signum else list(waiting):
