@@ -185,8 +185,9 @@ def _run(loader, max_batches, step):
 
 class ConventionalLoop:
     """``main_adv.py``'s epoch: train (``train_epoch``), evaluate clean (``validate_clean``) and under PGD
-    (``evaluate_pgd``) on the whole test set, save a checkpoint (``save_checkpoint``); ``cfg`` a Config with the
-    ``sgls-code`` preset (its model, batch size, attack, evaluation attack, seed, augmentation)."""
+    (``evaluate_pgd``) on the whole test set, save a checkpoint (``save_checkpoint``). ``cfg``: a Config with the
+    ``sgls-code`` preset, whose batch size, learning rate, attack, evaluation attack, seed and augmentation it
+    reads; ``model`` on ``device``."""
 
     def __init__(self, cfg, info, model, device, workers=WORKERS):
         self.cfg, self.model, self.device = cfg, model, torch.device(device)
