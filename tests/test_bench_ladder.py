@@ -103,11 +103,14 @@ def test_epochs_per_hour_quick(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
     # gpu_suite.sh runs the parts as stages into one file: a later part keeps what the earlier ones measured.
-    _bench(tmp_path, "--only", "end-to-end", "--out", str(out))
+    # Here the conventional epoch is timed over 2 of its 8 training batches (its 1 test batch is all there is).
+    _bench(tmp_path, "--only", "end-to-end", "--conventional-batches", "2", "--out", str(out))
     again = json.loads(out.read_text())
     assert again["models"] == result["models"] and again["end_to_end"]["status"] == "ok"
     assert again["end_to_end"]["epoch_seconds"] != e2e["epoch_seconds"]  # measured anew
-    assert again["conventional"]["status"] == "ok" and again["conventional"]["epoch_seconds"] != loop["epoch_seconds"]
+    loop = again["conventional"]
+    assert loop["status"] == "ok" and (loop["train_batches_timed"], loop["test_batches_timed"]) == (2, 1)
+    assert loop["extrapolated"] and math.isfinite(again["end_to_end"]["speedup_vs_conventional"])
 
 
 def test_conventional_epoch_extrapolation():
