@@ -3,10 +3,13 @@
 # measured first, so a lease cut short still yields it; each stage leaves its own results under bench/results/:
 #   1. the headline rung (the full fast configuration, PreAct ResNet-18, PGD-10 + SGLR)
 #   2. a whole `fastsglr train` epoch end to end (training, PGD-20 evaluation of the whole test set, checkpoint),
-#      without FFCV, on synthetic CIFAR-shaped data (50,000 / 10,000 images) prepared here by `fastsglr prepare`
+#      without FFCV, on synthetic CIFAR-shaped data (50,000 / 10,000 images) prepared here by `fastsglr prepare`,
+#      beside a whole epoch of the conventional loop (bench/conventional_loop.py: the DataLoader of PIL images, eager
+#      fp32 with TF32 convolutions, an .item() per step; timed over 100 training batches, the rest extrapolated)
 #   3. the GPU tests with the real (compiled, not interpreted) Triton kernels
 #   4. the kernel benchmarks
-#   5. the rest of the ladder (both references, the other rungs, WRN-34-10) with what is left of the budget
+#   5. the rest of the ladder (the conventional loop, both references, the other rungs, WRN-34-10) with what is
+#      left of the budget, on the data of stage 2
 # The stages share one Inductor (and Triton) cache under bench/results/.cache (ignored by git), so a graph compiled
 # by one stage is not compiled again by the next.
 #
@@ -14,8 +17,9 @@
 #
 # Needs only Python with torch, triton and numpy: no network, no pip install of this package. fastsglr is imported
 # from this checkout through a shim folder (setup.py installs kernels/ as fastsglr.kernels, which PYTHONPATH alone
-# cannot do). pytest, matplotlib and ffcv are used when present: without pytest the tests are reported as not run,
-# without ffcv the ladder times the GPU-resident loader only and says so, without matplotlib there is no bar chart.
+# cannot do). pytest, matplotlib, ffcv, torchvision and Pillow are used when present: without pytest the tests are
+# reported as not run, without ffcv the ladder times the GPU-resident loader only and says so, without torchvision or
+# Pillow the conventional loop is reported as skipped, without matplotlib there is no bar chart.
 # Each stage has a time limit; the ladder gets what is left of the budget and saves after every rung, so a run cut
 # short still reports what it measured.
 set -u
@@ -46,6 +50,8 @@ CACHE="$REPO/bench/results/.cache"
 export TORCHINDUCTOR_CACHE_DIR="$CACHE/inductor" TRITON_CACHE_DIR="$CACHE/triton"
 mkdir -p "$TORCHINDUCTOR_CACHE_DIR" "$TRITON_CACHE_DIR"
 "$PYTHON" -c "import ffcv" 2>/dev/null || echo "gpu_suite: ffcv is not installed: the GPU-resident loader only"
+"$PYTHON" -c "import torchvision, PIL" 2>/dev/null \
+  || echo "gpu_suite: torchvision or Pillow is not installed: the conventional loop is skipped"
 "$PYTHON" -c "import sys, torch, triton; print(f'gpu_suite: python {sys.version.split()[0]}, torch {torch.__version__}, '
                                                f'triton {triton.__version__}')"
 
@@ -70,7 +76,7 @@ if [ ! -f "$DATA/meta.json" ]; then
   timeout 45 "$PYTHON" -m fastsglr prepare --dataset synthetic --synthetic-train 50000 --synthetic-test 10000 \
     --out "$DATA" 2>&1 | tee -a "$STEM-end-to-end.txt"
 fi
-timeout 140 "$PYTHON" bench/epochs_per_hour.py --only end-to-end --models preactresnet18 --data "$DATA" \
+timeout 170 "$PYTHON" bench/epochs_per_hour.py --only end-to-end --models preactresnet18 --data "$DATA" \
   --out "$STEM-ladder.json" 2>&1 | tee -a "$STEM-end-to-end.txt"
 echo "${PIPESTATUS[0]}" > "$STEM-end-to-end.rc"
 
@@ -91,10 +97,12 @@ if [ -f bench/kernels.py ]; then
   echo "${PIPESTATUS[0]}" > "$STEM-kernels.rc"
 fi
 
-# ---- 5. The rest of the ladder: both references, the other rungs, WRN-34-10, the loaders ------------------------
+# ---- 5. The rest of the ladder: the conventional loop, both references, the other rungs, WRN-34-10, the loaders --
+LADDER_DATA=()
+[ -f "$DATA/meta.json" ] && LADDER_DATA=(--data "$DATA")  # the conventional rung reads a data directory
 if [ "$(left)" -gt 20 ]; then
-  timeout "$(left)" "$PYTHON" bench/epochs_per_hour.py --only ladder --out "$STEM-ladder.json" 2>&1 \
-    | tee "$STEM-ladder.txt"
+  timeout "$(left)" "$PYTHON" bench/epochs_per_hour.py --only ladder ${LADDER_DATA[@]+"${LADDER_DATA[@]}"} \
+    --out "$STEM-ladder.json" 2>&1 | tee "$STEM-ladder.txt"
   echo "${PIPESTATUS[0]}" > "$STEM-ladder.rc"
 else
   echo "no time left in the budget for the rest of the ladder" | tee "$STEM-ladder.txt"
