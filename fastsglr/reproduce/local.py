@@ -114,7 +114,8 @@ class _Forward:
 
 
 def _start(job, gpu, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # Unbuffered: the log shows each epoch as it ends, not when the run does.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     os.makedirs(job.run_dir, exist_ok=True)
