@@ -431,3 +431,28 @@ def test_each_process_sees_one_gpu_round_robin(monkeypatch, tmp_path):
         local._start(job, gpu, threads)
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["4", "5", "6", "7", "4"]
     assert all(env["OMP_NUM_THREADS"] == str(threads) for env in started)
+
+
+def test_a_job_starts_after_the_runs_it_needs(monkeypatch, tmp_path):
+    """The scheduler alone, its jobs stand-ins of set lengths: with three slots, KD starts only once both its
+    teachers have ended (LS, quicker, frees a slot first); one at a time, teachers come first whatever the order."""
+    lengths = {"std": 0.3, "adv": 1.0, "ls": 0.05, "kd": 0.05}
+    dirs = {row: str(tmp_path / row) for row in lengths}
+    kd = Job(Config(out=dirs["kd"]), ["kd"], after=[dirs["std"], dirs["adv"]])
+    jobs = [kd, *(Job(Config(out=dirs[row]), [row]) for row in ("std", "adv", "ls"))]  # KD first: reordered
+    events = []
+
+    def stand_in(job, gpu, threads):
+        events.append(f"start {job.rows[0]}")
+        return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({lengths[job.rows[0]]})"])
+
+    monkeypatch.setattr(local, "_start", stand_in)
+    local.run_here(jobs, parallel=3, devices=[None] * 3, threads=1, log=events.append, command=None)
+    ended = {row: next(i for i, e in enumerate(events) if f"] {row} (" in e and ": done" in e) for row in lengths}
+    assert events.index("start kd") > max(ended["std"], ended["adv"])
+    assert [e for e in events if e.startswith("start ")] == ["start std", "start adv", "start ls", "start kd"]
+
+    order = []
+    monkeypatch.setattr(local, "run_job", lambda job, log: order.append(job.rows[0]))
+    local.run_here(jobs, parallel=1, devices=[None], threads=1, log=lambda _: None, command=None)
+    assert order == ["std", "adv", "kd", "ls"]
