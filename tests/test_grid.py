@@ -359,6 +359,15 @@ def slurm_cluster(tmp_path_factory):
             time.sleep(1)
         yield str(conf)
     finally:
+        # The tasks' srun processes end once slurmctld has seen their steps end: cancel what is left, let the queue
+        # drain, then stop the daemons (an srun whose slurmctld is gone waits for ever).
+        subprocess.run(["scancel", "-u", str(os.getuid())], env=env, capture_output=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+            if queue.returncode or not queue.stdout.strip():
+                break
+            time.sleep(1)
         for daemon in reversed(daemons):
             daemon.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
