@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := pkg-config libopencv-dev libturbojpeg0-dev
+# A single-node SLURM that tests/test_grid.py starts, to run a grid through `reproduce --launcher slurm` for real.
+TESTDEBS := slurm-wlm
 # The GPU box's torch (2.11, with triton 3.6) and no FFCV, as there: `make test` runs the fast engine's, the graph
 # census', AWP's and the kernels' tests under it too. The PyPI wheel is a CUDA build that runs on a CPU-only machine.
 VENV211  := .venv-torch211
@@ -11,7 +13,7 @@ STAMP211 := $(VENV211)/.installed
 TESTDEPS := $(shell grep -E '^(numpy|scikit-learn|tqdm|pytest|pytest-benchmark)==' constraints.txt)
 TESTS211 := tests/test_fast_engine.py tests/test_graph_census.py tests/test_awp.py tests/test_distill.py tests/test_kernels.py tests/test_kernels_aot.py
 
-.PHONY: setup setup-torch211 demo test bench-quick clean
+.PHONY: setup setup-torch211 setup-test-debs demo test bench-quick clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,13 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[ffcv,extras,slurm,test]'
 	touch $(STAMP)
 
+# Test-only Debian packages; without root the SLURM test skips and says why.
+setup-test-debs:
+	@missing=$$(for p in $(TESTDEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 $(STAMP211): setup.py constraints.txt
 	test -x $(VENV211)/bin/python || $(PYTHON) -m venv $(VENV211)
 	$(VENV211)/bin/pip install -q --upgrade pip setuptools wheel
@@ -43,7 +52,7 @@ $(STAMP211): setup.py constraints.txt
 demo: setup
 	$(BIN)/python -m fastsglr.demo --out runs/demo
 
-test: setup setup-torch211
+test: setup setup-torch211 setup-test-debs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
